@@ -1,0 +1,290 @@
+//! The event store benchmark: append throughput per backend, one event per append and in
+//! batches, sequential and concurrent, and in the same run the raw sqlx insert of the same rows,
+//! printing the ratio store/raw (the store's own overhead).
+//!
+//! Run: `cargo bench --bench store` (PostgreSQL on 127.0.0.1:5432 for the PostgreSQL rows).
+//! Scale with `NURSERY_BENCH_SCALE` (default 1.0).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark aborts on failure"
+)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nursery::store::{
+    AppendRequest, EventStore, EventStoreExt, ExpectedVersion, MemoryStore, Metadata, NewEvent,
+    PayloadFormat, PostgresStore, SqliteStore, StreamId,
+};
+use sqlx::{Connection, Executor, PgConnection, PgPool, QueryBuilder, SqlitePool};
+use uuid::Uuid;
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("NURSERY_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as usize).max(1)
+}
+
+fn event() -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "ItemAdded".into(),
+        revision: 1,
+        format: PayloadFormat::MessagePack,
+        payload: PayloadFormat::MessagePack
+            .encode(&serde_json::json!({"product_id": "monstera", "quantity": 2, "unit_price_cents": 1000}))
+            .unwrap(),
+        metadata: Metadata {
+            command_id: Some(Uuid::new_v4()),
+            correlation_id: Some(Uuid::new_v4()),
+            customer_id: Some("alice".into()),
+            ..Metadata::default()
+        },
+    }
+}
+
+/// A workload: `writers` concurrent tasks, each doing `appends` appends of `per_append` events,
+/// each writer on its own stream.
+#[derive(Clone, Copy)]
+struct Workload {
+    name: &'static str,
+    writers: usize,
+    appends: usize,
+    per_append: usize,
+}
+
+impl Workload {
+    fn events(&self) -> usize {
+        self.writers * self.appends * self.per_append
+    }
+}
+
+async fn run_writers<F, Fut>(workload: Workload, append: F) -> Duration
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let append = Arc::new(append);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workload.writers)
+        .map(|writer| {
+            let append = Arc::clone(&append);
+            tokio::spawn(async move {
+                for i in 0..workload.appends {
+                    append(writer, i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
+}
+
+async fn store_run(store: Arc<dyn EventStore>, workload: Workload, run: usize) -> Duration {
+    run_writers(workload, move |writer, i| {
+        let store = Arc::clone(&store);
+        async move {
+            let request = AppendRequest {
+                stream: StreamId::new("Cart", format!("bench-{run}-{writer}")),
+                expected: ExpectedVersion::Exact((i * workload.per_append) as u64),
+                events: (0..workload.per_append).map(|_| event()).collect(),
+            };
+            store.append(request).await.unwrap();
+        }
+    })
+    .await
+}
+
+const RAW_COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_id, event_type, payload_revision, \
+                           payload_format, recorded_at, metadata, payload";
+
+async fn raw_pg_run(pool: PgPool, workload: Workload, run: usize) -> Duration {
+    run_writers(workload, move |writer, i| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<NewEvent> = (0..workload.per_append).map(|_| event()).collect();
+            let mut tx = pool.begin().await.unwrap();
+            let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
+            query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
+                b.push_bind("Cart")
+                    .push_bind(format!("bench-{run}-{writer}"))
+                    .push_bind((i * workload.per_append + k + 1) as i64)
+                    .push_bind(e.event_id)
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(1i32)
+                    .push_bind(0i16)
+                    .push_bind(0i64)
+                    .push_bind(serde_json::to_string(&e.metadata).unwrap())
+                    .push_unseparated("::jsonb")
+                    .push_bind(e.payload.as_slice());
+            });
+            query.build().execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await
+}
+
+async fn raw_sqlite_run(pool: SqlitePool, workload: Workload, run: usize) -> Duration {
+    run_writers(workload, move |writer, i| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<NewEvent> = (0..workload.per_append).map(|_| event()).collect();
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
+            query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
+                b.push_bind("Cart")
+                    .push_bind(format!("bench-{run}-{writer}"))
+                    .push_bind((i * workload.per_append + k + 1) as i64)
+                    .push_bind(e.event_id)
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(1i64)
+                    .push_bind(0i64)
+                    .push_bind(0i64)
+                    .push_bind(serde_json::to_string(&e.metadata).unwrap())
+                    .push_bind(e.payload.as_slice());
+            });
+            query.build().execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await
+}
+
+fn rate(events: usize, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64()
+}
+
+fn report(backend: &str, workload: Workload, store: Duration, raw: Option<Duration>) {
+    let store_rate = rate(workload.events(), store);
+    match raw {
+        Some(raw) => {
+            let raw_rate = rate(workload.events(), raw);
+            println!(
+                "| {backend:<10} | {:<34} | {store_rate:>12.0} | {raw_rate:>12.0} | {:>6.2} |",
+                workload.name,
+                store_rate / raw_rate
+            );
+        }
+        None => println!(
+            "| {backend:<10} | {:<34} | {store_rate:>12.0} | {:>12} | {:>6} |",
+            workload.name, "-", "-"
+        ),
+    }
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "1 writer, 1 event/append",
+            writers: 1,
+            appends: scale(2_000),
+            per_append: 1,
+        },
+        Workload {
+            name: "1 writer, 100 events/append",
+            writers: 1,
+            appends: scale(200),
+            per_append: 100,
+        },
+        Workload {
+            name: "16 writers, 1 event/append",
+            writers: 16,
+            appends: scale(250),
+            per_append: 1,
+        },
+        Workload {
+            name: "16 writers, 100 events/append",
+            writers: 16,
+            appends: scale(20),
+            per_append: 100,
+        },
+    ]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!(
+        "Event store append throughput (events/s); ratio = store / raw sqlx on the same rows\n"
+    );
+    println!(
+        "| backend    | workload                           |  store ev/s  |   raw ev/s   | ratio  |"
+    );
+    println!(
+        "|------------|------------------------------------|--------------|--------------|--------|"
+    );
+
+    let memory: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    for (run, workload) in workloads().into_iter().enumerate() {
+        let elapsed = store_run(Arc::clone(&memory), workload, run).await;
+        report("memory", workload, elapsed, None);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let sqlite = SqliteStore::connect(&url).await.unwrap();
+    let raw_sqlite = sqlite.writer_pool().clone();
+    raw_sqlite
+        .execute(
+            "CREATE TABLE raw_events (global_position INTEGER PRIMARY KEY, aggregate_type TEXT NOT NULL, \
+             aggregate_id TEXT NOT NULL, sequence INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, \
+             event_type TEXT NOT NULL, payload_revision INTEGER NOT NULL, payload_format INTEGER NOT NULL, \
+             recorded_at INTEGER NOT NULL, metadata TEXT NOT NULL, payload BLOB NOT NULL, \
+             UNIQUE (aggregate_type, aggregate_id, sequence))",
+        )
+        .await
+        .unwrap();
+    let sqlite: Arc<dyn EventStore> = Arc::new(sqlite);
+    for (run, workload) in workloads().into_iter().enumerate() {
+        // Alternate which goes first so neither always meets a warmer file.
+        let raw = raw_sqlite_run(raw_sqlite.clone(), workload, run).await;
+        let store = store_run(Arc::clone(&sqlite), workload, run).await;
+        report("sqlite", workload, store, Some(raw));
+    }
+
+    let name = format!("nursery_bench_{}", Uuid::new_v4().simple());
+    let Ok(mut admin) = PgConnection::connect(&format!("{PG_SERVER}/postgres")).await else {
+        println!("\n(PostgreSQL is not answering on 127.0.0.1:5432: its rows are skipped)");
+        return;
+    };
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let pg = PostgresStore::connect(&format!("{PG_SERVER}/{name}"))
+        .await
+        .unwrap();
+    let raw_pg = pg.pool().clone();
+    raw_pg
+        .execute(
+            "CREATE TABLE raw_events (global_position BIGSERIAL PRIMARY KEY, aggregate_type TEXT NOT NULL, \
+             aggregate_id TEXT NOT NULL, sequence BIGINT NOT NULL, event_id UUID NOT NULL UNIQUE, \
+             event_type TEXT NOT NULL, payload_revision INTEGER NOT NULL, payload_format SMALLINT NOT NULL, \
+             recorded_at BIGINT NOT NULL, metadata JSONB NOT NULL, payload BYTEA NOT NULL, \
+             UNIQUE (aggregate_type, aggregate_id, sequence))",
+        )
+        .await
+        .unwrap();
+    let pg: Arc<dyn EventStore> = Arc::new(pg);
+    for (run, workload) in workloads().into_iter().enumerate() {
+        let raw = raw_pg_run(raw_pg.clone(), workload, run).await;
+        let store = store_run(Arc::clone(&pg), workload, run).await;
+        report("postgres", workload, store, Some(raw));
+    }
+    raw_pg.close().await;
+    drop(pg);
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .ok();
+}

@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//! Each layer knows only the ones above it in this list (see `ARCHITECTURE.md`):
+//! - [`domain`]: the plant shop in pure, synchronous Rust: aggregates decide commands into
+//!   events and fold events into state. No actix, sqlx, tokio, async or clock.
+//! - [`store`]: the event store behind one trait, [`store::EventStore`], with SQLite (the
+//!   embedded default), PostgreSQL and in-memory implementations, codecs, upcasters, snapshots.
+//! - `actors`: the actix runtime (aggregate actors, journal, broker, gateway).
+//! - `projections`: read models and processors.
+//! - `http`, [`config`], `main.rs`, `testkit`: the edges.
+
+pub mod config;
+pub mod domain;
+pub mod store;

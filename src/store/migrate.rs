@@ -1,0 +1,46 @@
+//! The schema migrations of each backend, embedded in the binary so a process starts in any
+//! directory. Exposed so a host can run them on its own schedule (`nursery migrate` does).
+//!
+//! The migrations are built from `include_str!` rather than `sqlx::migrate!`: the same
+//! embedding, without compiling sqlx's proc-macro crate and its drivers a second time.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// The event store's migrations for SQLite.
+pub fn sqlite_migrator() -> Migrator {
+    migrator(&[(
+        1,
+        "event store",
+        include_str!("../../migrations/sqlite/0001_event_store.sql"),
+    )])
+}
+
+/// The event store's migrations for PostgreSQL.
+pub fn postgres_migrator() -> Migrator {
+    migrator(&[(
+        1,
+        "event store",
+        include_str!("../../migrations/postgres/0001_event_store.sql"),
+    )])
+}
+
+fn migrator(steps: &[(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = steps
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}

@@ -1,0 +1,180 @@
+//! The event store: one async trait, [`EventStore`], and three implementations: SQLite (the
+//! embedded default), PostgreSQL and in-memory (tests and the test kit).
+//!
+//! Must not touch: actors, projections, HTTP. The store knows rows, not aggregates; typed events
+//! come and go through [`codec`], and [`repository`] loads and saves one aggregate on top of it.
+//!
+//! # Guarantees every implementation keeps (the conformance suite in `tests/it/store` checks each)
+//! - Per stream, sequence numbers start at 1 and have no gaps; an append states the version it
+//!   expects and a wrong one fails with [`StoreError::ConcurrencyConflict`], writing nothing.
+//! - All events of one append land atomically, or none do.
+//! - Global positions start at 1, rise by one per event and have no gaps: appends are serialized
+//!   (SQLite's `BEGIN IMMEDIATE`; PostgreSQL's lock on the position counter row), and the counter
+//!   rolls back with its transaction. So positions become visible to readers strictly in order,
+//!   and a reader of the global order never passes a position that a still-open transaction
+//!   will commit later. See `postgres.rs` for why this holds on PostgreSQL.
+//! - Event ids are unique. Retrying an append whose events are all already stored, as that same
+//!   append (same stream, same ids, at the sequences right after the expected version), answers
+//!   the first append's result and stores nothing. Any other reuse of a stored id (a partial
+//!   overlap, another stream, other sequences) fails with [`StoreError::DuplicateEvent`] and
+//!   stores nothing.
+
+pub mod codec;
+mod memory;
+mod migrate;
+mod plan;
+mod postgres;
+pub mod repository;
+mod sqlite;
+mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+pub use codec::{Codec, PayloadFormat, Upcasters};
+pub use memory::MemoryStore;
+pub use migrate::{postgres_migrator, sqlite_migrator};
+pub use postgres::{LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL, PostgresStore};
+pub use repository::{Repository, SnapshotPolicy};
+pub use sqlite::SqliteStore;
+pub use types::{
+    AppendRequest, Appended, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
+    StoreError, StreamId,
+};
+
+/// How many rows one page of a streaming read fetches.
+pub const PAGE_SIZE: usize = 1_000;
+
+/// The outcome of one request of an [`EventStore::append_batch`].
+pub type AppendResult = Result<Appended, StoreError>;
+
+/// An event store: append-only streams of events per aggregate, one global order over all of
+/// them, and snapshots beside.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends the requests of a batch in one transaction (group commit). Each request succeeds
+    /// or fails on its own (a conflict or a duplicate fails only its request); the outer error
+    /// means the transaction itself failed and nothing of the batch is stored.
+    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError>;
+
+    /// Reads up to `max` events of one stream with `from <= sequence <= to`, in order.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `max` events in global order with `position >= from`.
+    async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the last committed event, 0 for an empty store.
+    async fn head(&self) -> Result<u64, StoreError>;
+
+    /// The current version (last sequence number) of a stream, 0 if it does not exist.
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
+
+    /// Stores a snapshot and deletes all but the newest `keep` snapshots of its stream.
+    async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError>;
+
+    /// The newest snapshot of a stream, if any.
+    async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// How many snapshots a stream has kept.
+    async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError>;
+
+    /// Answers whether the store is reachable (for readiness probes).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Conveniences on top of [`EventStore`], available on every store and on `dyn EventStore`.
+#[async_trait]
+pub trait EventStoreExt: EventStore {
+    /// Appends one request in its own transaction.
+    async fn append(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        let mut results = self.append_batch(std::slice::from_ref(&request)).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Internal("append answered no result".into())))
+    }
+}
+
+impl<S: EventStore + ?Sized> EventStoreExt for S {}
+
+/// Streams one stream's events with `sequence >= from`, a page at a time, so a 10k-event stream
+/// is never held in memory at once.
+pub fn stream_events<'a>(
+    store: &'a dyn EventStore,
+    stream_id: &'a StreamId,
+    from: u64,
+) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+    paged(
+        move |next| store.read_stream(stream_id, next, u64::MAX, PAGE_SIZE),
+        from,
+        |e| e.sequence,
+    )
+}
+
+/// Streams the whole store in global order from `from`, a page at a time (catching up on a
+/// million events holds one page in memory). The stream ends at the head as it was when the
+/// last page was read.
+pub fn stream_all(
+    store: &dyn EventStore,
+    from: u64,
+) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
+    paged(
+        move |next| store.read_all(next, PAGE_SIZE),
+        from,
+        |e| e.position,
+    )
+}
+
+fn paged<'a, F, Fut>(
+    fetch: F,
+    from: u64,
+    key: fn(&RecordedEvent) -> u64,
+) -> BoxStream<'a, Result<RecordedEvent, StoreError>>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'a,
+    Fut: std::future::Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send + 'a,
+{
+    let fetch = Arc::new(fetch);
+    stream::unfold(Some(from), move |next| {
+        let fetch = Arc::clone(&fetch);
+        async move {
+            let next = next?;
+            match fetch(next).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let after = page
+                        .last()
+                        .map(|e| key(e).saturating_add(1))
+                        .filter(|_| page.len() == PAGE_SIZE);
+                    Some((stream::iter(page.into_iter().map(Ok)).boxed(), after))
+                }
+                Err(error) => Some((stream::once(async { Err(error) }).boxed(), None)),
+            }
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// Opens the store a URL names: `sqlite://path` (created with its schema if missing),
+/// `sqlite::memory:`, `postgres://...` or `memory://`. Migrations run first, idempotently.
+pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url == "memory://" || url == "memory:" {
+        Ok(Arc::new(MemoryStore::new()))
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "unsupported database URL scheme in {url:?}: use sqlite://, postgres:// or memory://"
+        )))
+    }
+}

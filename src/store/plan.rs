@@ -1,0 +1,180 @@
+//! Planning a batch of appends: the one place that decides, for every backend, which requests
+//! of a batch conflict, which are exact retries of an append already stored, and which sequence
+//! numbers and global positions the rest get.
+//!
+//! Must not touch: any database. Backends read the current stream versions, the stored ids
+//! among the batch's and the head under their write lock, call [`plan`], and insert its rows.
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use super::{
+    AppendRequest, AppendResult, Appended, ExpectedVersion, NewEvent, StoreError, StreamId,
+};
+
+/// Where an already stored event id lives.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredId {
+    pub stream: StreamId,
+    pub sequence: u64,
+    pub position: u64,
+}
+
+/// One row to insert.
+pub(crate) struct PlannedRow<'a> {
+    pub stream: &'a StreamId,
+    pub sequence: u64,
+    pub position: u64,
+    pub event: &'a NewEvent,
+}
+
+/// What a batch will write and answer.
+pub(crate) struct Plan<'a> {
+    pub results: Vec<AppendResult>,
+    pub rows: Vec<PlannedRow<'a>>,
+    /// The head after the batch.
+    pub head: u64,
+}
+
+/// Rejects what no backend may store, before touching the database.
+pub(crate) fn validate(request: &AppendRequest) -> Result<(), StoreError> {
+    let mut ids = HashSet::with_capacity(request.events.len());
+    for event in &request.events {
+        if event.event_type.is_empty() {
+            return Err(StoreError::InvalidInput(format!(
+                "an event for {} has an empty event type",
+                request.stream
+            )));
+        }
+        if !ids.insert(event.event_id) {
+            return Err(StoreError::InvalidInput(format!(
+                "event id {} appears twice in one append to {}",
+                event.event_id, request.stream
+            )));
+        }
+    }
+    if request.stream.aggregate_type.is_empty() || request.stream.aggregate_id.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "a stream needs an aggregate type and id".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Decides a batch against the store's current state.
+///
+/// `versions` holds the current version of every stream of the batch (missing = 0), `stored`
+/// every id of the batch that is already stored, `head` the last committed position. Requests
+/// are decided in order: a later request for the same stream sees the earlier one's events.
+pub(crate) fn plan<'a>(
+    batch: &'a [AppendRequest],
+    mut versions: HashMap<StreamId, u64>,
+    mut stored: HashMap<Uuid, StoredId>,
+    head: u64,
+) -> Plan<'a> {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.iter().map(|r| r.events.len()).sum());
+    let mut next_position = head + 1;
+    for request in batch {
+        if let Err(error) = validate(request) {
+            results.push(Err(error));
+            continue;
+        }
+        let actual = versions.get(&request.stream).copied().unwrap_or(0);
+        if let Some(answer) = retry_answer(request, &stored) {
+            results.push(answer);
+            continue;
+        }
+        if !request.expected.matches(actual) {
+            results.push(Err(StoreError::ConcurrencyConflict {
+                stream: request.stream.clone(),
+                expected: request.expected,
+                actual,
+            }));
+            continue;
+        }
+        if request.events.is_empty() {
+            results.push(Ok(Appended {
+                version: actual,
+                first_position: None,
+                last_position: None,
+            }));
+            continue;
+        }
+        let first_position = next_position;
+        for (offset, event) in (1u64..).zip(&request.events) {
+            let row = PlannedRow {
+                stream: &request.stream,
+                sequence: actual + offset,
+                position: next_position,
+                event,
+            };
+            stored.insert(
+                event.event_id,
+                StoredId {
+                    stream: request.stream.clone(),
+                    sequence: row.sequence,
+                    position: row.position,
+                },
+            );
+            rows.push(row);
+            next_position += 1;
+        }
+        let version = actual + request.events.len() as u64;
+        versions.insert(request.stream.clone(), version);
+        results.push(Ok(Appended {
+            version,
+            first_position: Some(first_position),
+            last_position: Some(next_position - 1),
+        }));
+    }
+    Plan {
+        results,
+        rows,
+        head: next_position - 1,
+    }
+}
+
+/// If any id of the request is already stored: the first append's answer when the request is
+/// an exact retry of it, a duplicate error otherwise. `None` when no id is stored.
+///
+/// An exact retry has every id stored, in this stream, at consecutive sequences in the order of
+/// the request, starting right after the expected version (for `ExpectedVersion::Any`, anywhere).
+fn retry_answer(request: &AppendRequest, stored: &HashMap<Uuid, StoredId>) -> Option<AppendResult> {
+    let first_stored = request
+        .events
+        .iter()
+        .find(|e| stored.contains_key(&e.event_id))?;
+    let duplicate = || {
+        Err(StoreError::DuplicateEvent {
+            stream: request.stream.clone(),
+            event_id: first_stored.event_id,
+        })
+    };
+    let found: Option<Vec<&StoredId>> = request
+        .events
+        .iter()
+        .map(|e| stored.get(&e.event_id))
+        .collect();
+    let Some(found) = found else {
+        return Some(duplicate());
+    };
+    let start = match request.expected {
+        ExpectedVersion::Exact(version) => version + 1,
+        ExpectedVersion::Any => found.first().map_or(1, |s| s.sequence),
+    };
+    let exact = found
+        .iter()
+        .zip(start..)
+        .all(|(s, sequence)| s.stream == request.stream && s.sequence == sequence)
+        && found.windows(2).all(|w| w[1].position == w[0].position + 1);
+    if !exact {
+        return Some(duplicate());
+    }
+    Some(Ok(Appended {
+        version: found.last().map_or(0, |s| s.sequence),
+        first_position: found.first().map(|s| s.position),
+        last_position: found.last().map(|s| s.position),
+    }))
+}

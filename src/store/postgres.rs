@@ -1,0 +1,364 @@
+//! The PostgreSQL event store, for deployments of several processes.
+//!
+//! # Gap safety: why a reader of the global order never skips an event
+//! PostgreSQL sequences hand out numbers at insert time but transactions commit in any order,
+//! so a reader that saw position 12 committed could later find 11 appear; a tracking reader that
+//! had moved its checkpoint to 12 would skip 11 forever. Nursery avoids it by serializing
+//! appends, as Commanded's event store does:
+//!
+//! 1. Every append transaction starts with `SELECT last_position FROM event_counter WHERE id = 1
+//!    FOR UPDATE`. The row lock is held until the transaction ends, so at most one append is
+//!    between that statement and its commit at any time.
+//! 2. Positions are `last_position + 1 ..`, written back to the counter in the same transaction.
+//!    A rolled-back append rolls the counter back too: positions have no holes at all.
+//! 3. PostgreSQL makes a transaction's effects visible (removes it from the proc array) before it
+//!    releases its locks. So when append B gets the lock, A's rows are already visible to any
+//!    new snapshot; B's rows can only be seen by a snapshot that also sees A's.
+//!
+//! Hence every snapshot a reader takes sees a prefix 1..=N of the positions, whatever the
+//! number of writers or processes, and `WHERE global_position >= from ORDER BY global_position`
+//! never moves past a position that a still-open transaction will commit later.
+//! The throughput cost of serializing is paid once per batch: the journal (group commit) puts
+//! many commands in one append, so the lock is taken once per commit, not once per event.
+//! `tests/it/store/gap_safety.rs` proves both halves: a held-open writer makes readers and other
+//! writers wait, then both appear in order; a held writer that rolls back leaves no hole.
+//!
+//! Must not touch: actors, projections, typed events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::plan::{StoredId, plan};
+use super::types::{from_micros, to_i64, to_u64};
+use super::{
+    AppendRequest, AppendResult, EventStore, Metadata, PayloadFormat, RecordedEvent, Snapshot,
+    StoreError, StreamId, postgres_migrator,
+};
+
+const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
+     event_type, payload_revision, payload_format, recorded_at, metadata::text AS metadata, payload";
+
+/// Takes the append lock and reads the head. Public in the crate so the gap-safety test can
+/// hold a writer open exactly as an append does.
+pub const LOCK_HEAD_SQL: &str = "SELECT last_position FROM event_counter WHERE id = 1 FOR UPDATE";
+
+const CURRENT_SQL: &str = "\
+    SELECT 0::int2 AS kind, s.t AS aggregate_type, s.i AS aggregate_id, \
+           COALESCE((SELECT MAX(e.sequence) FROM events e \
+                     WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i), 0) AS sequence, \
+           NULL::uuid AS event_id, 0::int8 AS global_position \
+      FROM unnest($1::text[], $2::text[]) AS s(t, i) \
+    UNION ALL \
+    SELECT 1::int2, aggregate_type, aggregate_id, sequence, event_id, global_position \
+      FROM events WHERE event_id = ANY($3::uuid[])";
+
+const INSERT_SQL: &str = "\
+    WITH counter AS (UPDATE event_counter SET last_position = $12 WHERE id = 1) \
+    INSERT INTO events (global_position, aggregate_type, aggregate_id, sequence, event_id, \
+                        event_type, payload_revision, payload_format, recorded_at, metadata, payload) \
+    SELECT p, t, i, s, e, ty, r, f, $9, m::jsonb, pl \
+      FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::uuid[], $6::text[], \
+                  $7::int4[], $8::int2[], $10::text[], $11::bytea[]) \
+           AS u(p, t, i, s, e, ty, r, f, m, pl)";
+
+/// An event store in a PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and runs the migrations (idempotent, and safe when several processes
+    /// start at once: sqlx takes an advisory lock around them).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Self::with_pool(pool).await
+    }
+
+    /// Uses an existing pool, running the migrations first.
+    pub async fn with_pool(pool: PgPool) -> Result<Self, StoreError> {
+        postgres_migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for hosts that keep their own tables in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let stream = StreamId::new(
+        row.try_get::<String, _>("aggregate_type")?,
+        row.try_get::<String, _>("aggregate_id")?,
+    );
+    let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+    let format_code: i16 = row.try_get("payload_format")?;
+    let format =
+        PayloadFormat::from_code(i64::from(format_code)).ok_or_else(|| StoreError::Corrupt {
+            stream: stream.clone(),
+            sequence,
+            reason: format!("unknown payload format {format_code}"),
+        })?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(RecordedEvent {
+        metadata: Metadata::from_json(&metadata, &stream, sequence)?,
+        position: to_u64(row.try_get("global_position")?, "global_position")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        revision: u32::try_from(row.try_get::<i32, _>("payload_revision")?)
+            .map_err(|_| StoreError::Internal("payload revision out of range".into()))?,
+        format,
+        payload: row.try_get("payload")?,
+        recorded_at: from_micros(row.try_get("recorded_at")?),
+        stream,
+        sequence,
+    })
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    #[instrument(skip_all, fields(requests = batch.len()), err)]
+    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let head: i64 = sqlx::query_scalar(LOCK_HEAD_SQL)
+            .fetch_one(&mut *tx)
+            .await?;
+
+        let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
+        streams.sort();
+        streams.dedup();
+        let types: Vec<&str> = streams.iter().map(|s| s.aggregate_type.as_str()).collect();
+        let ids: Vec<&str> = streams.iter().map(|s| s.aggregate_id.as_str()).collect();
+        let event_ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        let rows = sqlx::query(CURRENT_SQL)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&event_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut versions = HashMap::with_capacity(streams.len());
+        let mut stored = HashMap::new();
+        for row in rows {
+            let kind: i16 = row.try_get("kind")?;
+            let stream = StreamId::new(
+                row.try_get::<String, _>("aggregate_type")?,
+                row.try_get::<String, _>("aggregate_id")?,
+            );
+            let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+            if kind == 0 {
+                versions.insert(stream, sequence);
+            } else {
+                let position = to_u64(row.try_get("global_position")?, "global_position")?;
+                stored.insert(
+                    row.try_get::<Uuid, _>("event_id")?,
+                    StoredId {
+                        stream,
+                        sequence,
+                        position,
+                    },
+                );
+            }
+        }
+
+        let planned = plan(batch, versions, stored, to_u64(head, "last_position")?);
+        if planned.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(planned.results);
+        }
+
+        let n = planned.rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut aggregate_types = Vec::with_capacity(n);
+        let mut aggregate_ids = Vec::with_capacity(n);
+        let mut sequences = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut revisions = Vec::with_capacity(n);
+        let mut formats = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for row in &planned.rows {
+            positions.push(to_i64(row.position, "position")?);
+            aggregate_types.push(row.stream.aggregate_type.as_str());
+            aggregate_ids.push(row.stream.aggregate_id.as_str());
+            sequences.push(to_i64(row.sequence, "sequence")?);
+            event_ids.push(row.event.event_id);
+            event_types.push(row.event.event_type.as_str());
+            revisions.push(i32::try_from(row.event.revision).map_err(|_| {
+                StoreError::InvalidInput(format!("revision out of range: {}", row.event.revision))
+            })?);
+            formats.push(row.event.format.code());
+            metadata.push(row.event.metadata.to_json()?);
+            payloads.push(row.event.payload.as_slice());
+        }
+        sqlx::query(INSERT_SQL)
+            .bind(&positions)
+            .bind(&aggregate_types)
+            .bind(&aggregate_ids)
+            .bind(&sequences)
+            .bind(&event_ids)
+            .bind(&event_types)
+            .bind(&revisions)
+            .bind(&formats)
+            .bind(Utc::now().timestamp_micros())
+            .bind(&metadata)
+            .bind(&payloads)
+            .bind(to_i64(planned.head, "position")?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(planned.results)
+    }
+
+    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
+             ORDER BY sequence LIMIT $5"
+        ))
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .bind(clamp(from))
+        .bind(clamp(to))
+        .bind(clamp(max as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    #[instrument(skip_all, fields(from, max), err)]
+    async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
+             ORDER BY global_position LIMIT $2"
+        ))
+        .bind(clamp(from))
+        .bind(clamp(max as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(head, "last_position")
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        to_u64(version, "sequence")
+    }
+
+    #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
+    async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, sequence, payload_revision, \
+             payload_format, recorded_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (aggregate_type, aggregate_id, sequence) DO UPDATE SET \
+             payload_revision = EXCLUDED.payload_revision, payload_format = EXCLUDED.payload_format, \
+             recorded_at = EXCLUDED.recorded_at, payload = EXCLUDED.payload",
+        )
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(to_i64(snapshot.sequence, "sequence")?)
+        .bind(i32::try_from(snapshot.revision).unwrap_or(i32::MAX))
+        .bind(snapshot.format.code())
+        .bind(snapshot.recorded_at.timestamp_micros())
+        .bind(snapshot.payload.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence NOT IN \
+             (SELECT sequence FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
+              ORDER BY sequence DESC LIMIT $3)",
+        )
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(clamp(keep.max(1) as u64))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+        let format_code: i16 = row.try_get("payload_format")?;
+        Ok(Some(Snapshot {
+            stream: stream.clone(),
+            sequence,
+            revision: u32::try_from(row.try_get::<i32, _>("payload_revision")?)
+                .map_err(|_| StoreError::Internal("snapshot revision out of range".into()))?,
+            format: PayloadFormat::from_code(i64::from(format_code)).ok_or_else(|| {
+                StoreError::Corrupt {
+                    stream: stream.clone(),
+                    sequence,
+                    reason: format!("unknown snapshot format {format_code}"),
+                }
+            })?,
+            payload: row.try_get("payload")?,
+            recorded_at: from_micros(row.try_get("recorded_at")?),
+        }))
+    }
+
+    async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// PostgreSQL integers are signed: a bound past `i64::MAX` means "no bound".
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,211 @@
+//! Loading and saving one aggregate on top of an [`EventStore`]: latest snapshot plus the
+//! events after it on load, typed events encoded and appended with an expected version on save,
+//! and a snapshot every N events.
+//!
+//! Must not touch: actors (the aggregate actor drives a repository), projections, HTTP.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use tracing::{instrument, warn};
+
+use super::{
+    AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata, Snapshot,
+    StoreError, StreamId, stream_events,
+};
+use crate::domain::Aggregate;
+
+/// When to snapshot and how many snapshots to keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot each time the version crosses a multiple of this (0: never).
+    pub every: u64,
+    /// How many snapshots of a stream to keep (at least 1 is kept).
+    pub keep: usize,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            every: 100,
+            keep: 2,
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    /// Never snapshot.
+    pub const NEVER: Self = Self { every: 0, keep: 1 };
+
+    /// Whether moving a stream from `before` to `after` crosses a snapshot point.
+    pub fn due(&self, before: u64, after: u64) -> bool {
+        self.every > 0 && after / self.every > before / self.every
+    }
+}
+
+/// An aggregate as loaded: its state and the version it is at.
+#[derive(Clone, Debug)]
+pub struct Loaded<A> {
+    /// The state after every stored event.
+    pub state: A,
+    /// The last sequence number folded into the state (0: no events).
+    pub version: u64,
+    /// How many events were folded on top of the snapshot (or from scratch).
+    pub replayed: u64,
+}
+
+/// Loads and saves aggregates of type `A`.
+pub struct Repository<A> {
+    store: Arc<dyn EventStore>,
+    codec: Codec,
+    policy: SnapshotPolicy,
+    aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            codec: self.codec.clone(),
+            policy: self.policy,
+            aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository over `store`, encoding with `codec`, snapshotting by `policy`.
+    pub fn new(store: Arc<dyn EventStore>, codec: Codec, policy: SnapshotPolicy) -> Self {
+        Self {
+            store,
+            codec,
+            policy,
+            aggregate: PhantomData,
+        }
+    }
+
+    /// The stream of aggregate `id`.
+    pub fn stream(id: &str) -> StreamId {
+        StreamId::new(A::TYPE, id)
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The snapshot policy.
+    pub fn policy(&self) -> SnapshotPolicy {
+        self.policy
+    }
+
+    /// Loads aggregate `id`: the latest usable snapshot, then the events after it, streamed a
+    /// page at a time. A snapshot of another revision, or one that does not decode, is ignored
+    /// (with a warning) and the state is rebuilt from the events.
+    #[instrument(skip(self), fields(aggregate = A::TYPE), err)]
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        let stream = Self::stream(id);
+        let (mut state, mut version) = match self.store.latest_snapshot(&stream).await? {
+            Some(snapshot) if snapshot.revision == A::SNAPSHOT_REVISION => {
+                match self.codec.decode_state::<A>(
+                    &stream,
+                    snapshot.sequence,
+                    snapshot.format,
+                    &snapshot.payload,
+                ) {
+                    Ok(state) => (state, snapshot.sequence),
+                    Err(error) => {
+                        warn!(%error, "ignoring a snapshot that does not decode");
+                        (A::default(), 0)
+                    }
+                }
+            }
+            Some(snapshot) => {
+                warn!(
+                    revision = snapshot.revision,
+                    current = A::SNAPSHOT_REVISION,
+                    "ignoring a snapshot of another revision"
+                );
+                (A::default(), 0)
+            }
+            None => (A::default(), 0),
+        };
+        let mut replayed = 0;
+        let mut events = stream_events(self.store.as_ref(), &stream, version + 1);
+        while let Some(record) = events.next().await {
+            let record = record?;
+            let event = self.codec.decode_event::<A::Event>(&record)?;
+            state.apply(&event);
+            version = record.sequence;
+            replayed += 1;
+        }
+        Ok(Loaded {
+            state,
+            version,
+            replayed,
+        })
+    }
+
+    /// Encodes `events` as one append to aggregate `id` at `expected` version.
+    pub fn append_request(
+        &self,
+        id: &str,
+        expected: u64,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<AppendRequest, StoreError> {
+        let events = events
+            .iter()
+            .map(|event| self.codec.encode_event(event, metadata.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(AppendRequest {
+            stream: Self::stream(id),
+            expected: ExpectedVersion::Exact(expected),
+            events,
+        })
+    }
+
+    /// Appends `events` to aggregate `id`, expecting it at version `expected`.
+    #[instrument(skip(self, events, metadata), fields(aggregate = A::TYPE, events = events.len()), err)]
+    pub async fn save(
+        &self,
+        id: &str,
+        expected: u64,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        let request = self.append_request(id, expected, events, metadata)?;
+        self.store.append(request).await
+    }
+
+    /// Snapshots `state` at `version` if moving from `before` to `version` crossed a snapshot
+    /// point of the policy. A failed snapshot is only a warning: snapshots are an optimisation.
+    pub async fn snapshot_if_due(&self, id: &str, state: &A, before: u64, version: u64) {
+        if !self.policy.due(before, version) {
+            return;
+        }
+        if let Err(error) = self.snapshot(id, state, version).await {
+            warn!(%error, aggregate = A::TYPE, id, "snapshot failed");
+        }
+    }
+
+    /// Snapshots `state` at `version` and prunes all but the newest `keep`.
+    pub async fn snapshot(&self, id: &str, state: &A, version: u64) -> Result<(), StoreError> {
+        let snapshot = Snapshot {
+            stream: Self::stream(id),
+            sequence: version,
+            revision: A::SNAPSHOT_REVISION,
+            format: self.codec.format(),
+            payload: self.codec.encode_state(state)?,
+            recorded_at: Utc::now(),
+        };
+        self.store.save_snapshot(&snapshot, self.policy.keep).await
+    }
+}

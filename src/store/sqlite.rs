@@ -1,0 +1,365 @@
+//! The SQLite event store: the embedded default. One file, WAL journal, `synchronous=FULL`
+//! (a commit is on disk before it is acknowledged), created with its schema on first start.
+//!
+//! Appends run on a single writer connection under `BEGIN IMMEDIATE`, which takes SQLite's
+//! write lock at the start of the transaction: versions are checked and positions assigned with
+//! no other writer in between, and commits happen in position order. Readers use their own
+//! connections and, under WAL, never block the writer nor see a half-committed append.
+//!
+//! Must not touch: actors, projections, typed events.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::plan::{StoredId, plan};
+use super::types::{from_micros, to_i64, to_u64};
+use super::{
+    AppendRequest, AppendResult, EventStore, Metadata, PayloadFormat, RecordedEvent, Snapshot,
+    StoreError, StreamId, sqlite_migrator,
+};
+
+/// SQLite allows 32,766 bound parameters per statement; keep well inside it.
+const MAX_PARAMS: usize = 30_000;
+
+const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
+     event_type, payload_revision, payload_format, recorded_at, metadata, payload";
+
+/// An event store in one SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (and creates, if missing) the database at `url` (`sqlite://path` or
+    /// `sqlite::memory:`) and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlite_migrator().run(&writer).await?;
+        // An in-memory database lives in its one connection: readers must share it.
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(Self { writer, reader })
+    }
+
+    /// The pool that writes (a single connection), for hosts that keep their own tables in the
+    /// same file and want them in one transaction order with the store.
+    pub fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The pool that reads.
+    pub fn reader_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+}
+
+fn record(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let stream = StreamId::new(
+        row.try_get::<String, _>("aggregate_type")?,
+        row.try_get::<String, _>("aggregate_id")?,
+    );
+    let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+    let format_code: i64 = row.try_get("payload_format")?;
+    let format = PayloadFormat::from_code(format_code).ok_or_else(|| StoreError::Corrupt {
+        stream: stream.clone(),
+        sequence,
+        reason: format!("unknown payload format {format_code}"),
+    })?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(RecordedEvent {
+        metadata: Metadata::from_json(&metadata, &stream, sequence)?,
+        position: to_u64(row.try_get("global_position")?, "global_position")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        revision: u32::try_from(row.try_get::<i64, _>("payload_revision")?)
+            .map_err(|_| StoreError::Internal("payload revision out of range".into()))?,
+        format,
+        payload: row.try_get("payload")?,
+        recorded_at: from_micros(row.try_get("recorded_at")?),
+        stream,
+        sequence,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    #[instrument(skip_all, fields(requests = batch.len()), err)]
+    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+
+        let mut versions = HashMap::new();
+        let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
+        streams.sort();
+        streams.dedup();
+        for chunk in streams.chunks(MAX_PARAMS / 2) {
+            let mut query = QueryBuilder::new(
+                "SELECT aggregate_type, aggregate_id, MAX(sequence) AS version FROM events \
+                 WHERE (aggregate_type, aggregate_id) IN (VALUES ",
+            );
+            let mut values = query.separated(", ");
+            for stream in chunk {
+                values.push("(");
+                values.push_bind_unseparated(stream.aggregate_type.as_str());
+                values.push_unseparated(", ");
+                values.push_bind_unseparated(stream.aggregate_id.as_str());
+                values.push_unseparated(")");
+            }
+            query.push(") GROUP BY aggregate_type, aggregate_id");
+            for row in query.build().fetch_all(&mut *tx).await? {
+                let stream = StreamId::new(
+                    row.try_get::<String, _>("aggregate_type")?,
+                    row.try_get::<String, _>("aggregate_id")?,
+                );
+                versions.insert(stream, to_u64(row.try_get("version")?, "sequence")?);
+            }
+        }
+
+        let mut stored = HashMap::new();
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        for chunk in ids.chunks(MAX_PARAMS) {
+            let mut query = QueryBuilder::new(
+                "SELECT event_id, aggregate_type, aggregate_id, sequence, global_position \
+                 FROM events WHERE event_id IN (",
+            );
+            let mut values = query.separated(", ");
+            for id in chunk {
+                values.push_bind(*id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&mut *tx).await? {
+                stored.insert(
+                    row.try_get::<Uuid, _>("event_id")?,
+                    StoredId {
+                        stream: StreamId::new(
+                            row.try_get::<String, _>("aggregate_type")?,
+                            row.try_get::<String, _>("aggregate_id")?,
+                        ),
+                        sequence: to_u64(row.try_get("sequence")?, "sequence")?,
+                        position: to_u64(row.try_get("global_position")?, "global_position")?,
+                    },
+                );
+            }
+        }
+
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let planned = plan(batch, versions, stored, to_u64(head, "global_position")?);
+        if planned.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(planned.results);
+        }
+
+        let now = Utc::now().timestamp_micros();
+        let mut metadata = Vec::with_capacity(planned.rows.len());
+        for row in &planned.rows {
+            metadata.push(row.event.metadata.to_json()?);
+        }
+        for (rows, metadata) in planned
+            .rows
+            .chunks(MAX_PARAMS / 11)
+            .zip(metadata.chunks(MAX_PARAMS / 11))
+        {
+            let mut query = QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+            let mut failed = None;
+            query.push_values(rows.iter().zip(metadata), |mut values, (row, metadata)| {
+                let (position, sequence) = match (
+                    to_i64(row.position, "position"),
+                    to_i64(row.sequence, "sequence"),
+                ) {
+                    (Ok(p), Ok(s)) => (p, s),
+                    (Err(e), _) | (_, Err(e)) => {
+                        failed = Some(e);
+                        (0, 0)
+                    }
+                };
+                values
+                    .push_bind(position)
+                    .push_bind(row.stream.aggregate_type.as_str())
+                    .push_bind(row.stream.aggregate_id.as_str())
+                    .push_bind(sequence)
+                    .push_bind(row.event.event_id)
+                    .push_bind(row.event.event_type.as_str())
+                    .push_bind(i64::from(row.event.revision))
+                    .push_bind(i64::from(row.event.format.code()))
+                    .push_bind(now)
+                    .push_bind(metadata.as_str())
+                    .push_bind(row.event.payload.as_slice());
+            });
+            if let Some(error) = failed {
+                return Err(error);
+            }
+            query.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(planned.results)
+    }
+
+    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence >= ? AND sequence <= ? \
+             ORDER BY sequence LIMIT ?"
+        ))
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .bind(clamp(from))
+        .bind(clamp(to))
+        .bind(clamp(max as u64))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    #[instrument(skip_all, fields(from, max), err)]
+    async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= ? \
+             ORDER BY global_position LIMIT ?"
+        ))
+        .bind(clamp(from))
+        .bind(clamp(max as u64))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+            .fetch_one(&self.reader)
+            .await?;
+        to_u64(head, "global_position")
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .fetch_one(&self.reader)
+        .await?;
+        to_u64(version, "sequence")
+    }
+
+    #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
+    async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO snapshots (aggregate_type, aggregate_id, sequence, \
+             payload_revision, payload_format, recorded_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(to_i64(snapshot.sequence, "sequence")?)
+        .bind(i64::from(snapshot.revision))
+        .bind(i64::from(snapshot.format.code()))
+        .bind(snapshot.recorded_at.timestamp_micros())
+        .bind(snapshot.payload.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ? AND sequence NOT IN \
+             (SELECT sequence FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ? \
+              ORDER BY sequence DESC LIMIT ?)",
+        )
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(clamp(keep.max(1) as u64))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
+             WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+        let format_code: i64 = row.try_get("payload_format")?;
+        Ok(Some(Snapshot {
+            stream: stream.clone(),
+            sequence,
+            revision: u32::try_from(row.try_get::<i64, _>("payload_revision")?)
+                .map_err(|_| StoreError::Internal("snapshot revision out of range".into()))?,
+            format: PayloadFormat::from_code(format_code).ok_or_else(|| StoreError::Corrupt {
+                stream: stream.clone(),
+                sequence,
+                reason: format!("unknown snapshot format {format_code}"),
+            })?,
+            payload: row.try_get("payload")?,
+            recorded_at: from_micros(row.try_get("recorded_at")?),
+        }))
+    }
+
+    async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ?",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}
+
+/// SQLite integers are signed: a bound past `i64::MAX` means "no bound".
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

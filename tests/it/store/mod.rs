@@ -1,0 +1,97 @@
+//! The event store conformance suite: the same scenarios against every backend (a port of the
+//! Akka persistence TCK's journal and snapshot cases, plus what that TCK lacks), and the
+//! PostgreSQL gap-safety proofs.
+
+mod gap_safety;
+mod scenarios;
+
+macro_rules! conformance {
+    ($backend:ident: $($scenario:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let backend = crate::support::$backend().await;
+                    super::scenarios::$scenario(backend.store.clone()).await;
+                }
+            )+
+        }
+    };
+}
+
+/// Durable backends only: what was acknowledged is still there after the store is reopened.
+mod durable {
+    use std::sync::Arc;
+
+    use nursery::store::{EventStore, EventStoreExt, PostgresStore, SqliteStore};
+
+    async fn reopened_store_keeps_everything(
+        backend: crate::support::Backend,
+        reopen: impl AsyncFnOnce(&str) -> Arc<dyn EventStore>,
+    ) {
+        super::scenarios::global_reads_are_paged_in_position_order(Arc::clone(&backend.store))
+            .await;
+        let before = backend.store.read_all(1, 1000).await.unwrap();
+        let reopened = reopen(&backend.url).await;
+        assert_eq!(reopened.read_all(1, 1000).await.unwrap(), before);
+        assert_eq!(reopened.head().await.unwrap(), 27);
+        // Migrations are idempotent: opening twice changed nothing, and appends carry on.
+        let next = reopened
+            .append(nursery::store::AppendRequest {
+                stream: nursery::store::StreamId::new("Pot", "x"),
+                expected: nursery::store::ExpectedVersion::Exact(9),
+                events: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(next.version, 9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_reopened_keeps_everything() {
+        reopened_store_keeps_everything(crate::support::sqlite().await, async |url| {
+            Arc::new(SqliteStore::connect(url).await.unwrap()) as Arc<dyn EventStore>
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_reopened_keeps_everything() {
+        reopened_store_keeps_everything(crate::support::postgres().await, async |url| {
+            Arc::new(PostgresStore::connect(url).await.unwrap()) as Arc<dyn EventStore>
+        })
+        .await;
+    }
+}
+
+macro_rules! all_backends {
+    ($($scenario:ident),+ $(,)?) => {
+        conformance!(memory: $($scenario),+);
+        conformance!(sqlite: $($scenario),+);
+        conformance!(postgres: $($scenario),+);
+    };
+}
+
+all_backends!(
+    empty_store_has_head_zero,
+    round_trip_keeps_every_field,
+    replays_are_bounded_by_from_to_and_max,
+    a_wrong_expected_version_conflicts_and_writes_nothing,
+    sixty_four_racers_on_one_stream_exactly_one_wins,
+    sixty_four_racers_on_sixty_four_streams_all_win,
+    twenty_concurrent_appends_that_succeed_are_all_stored,
+    an_empty_append_neither_creates_a_stream_nor_lowers_a_version,
+    a_bad_second_event_rejects_the_whole_append,
+    an_identical_retry_is_answered_as_the_first_and_stores_nothing,
+    partial_overlaps_and_foreign_ids_are_duplicates,
+    a_batch_fails_only_its_conflicting_requests,
+    global_reads_are_paged_in_position_order,
+    snapshots_round_trip_and_only_the_newest_are_kept,
+    old_revisions_are_upcast_on_read,
+    unknown_types_and_corrupt_payloads_are_typed_errors,
+    json_payloads_round_trip,
+    a_one_mib_event_round_trips,
+    a_ten_thousand_event_stream_streams_and_loads,
+    repository_loads_from_the_latest_snapshot,
+    a_tracking_reader_never_skips_under_concurrent_writers,
+);

@@ -1,0 +1,921 @@
+//! The scenarios of the conformance suite, each written once against `dyn EventStore`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use nursery::domain::Aggregate;
+use nursery::store::{
+    AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata, NewEvent,
+    PayloadFormat, Repository, Snapshot, SnapshotPolicy, StoreError, StreamId, stream_all,
+    stream_events,
+};
+use uuid::Uuid;
+
+use crate::fixtures::{Planted, Pot, PotEvent, Pruned, Watered, upcasters};
+
+type Store = Arc<dyn EventStore>;
+
+fn pot(id: &str) -> StreamId {
+    StreamId::new("Pot", id)
+}
+
+fn codec() -> Codec {
+    Codec::new(PayloadFormat::MessagePack).with_upcasters(upcasters())
+}
+
+fn pruned(leaves: u32) -> NewEvent {
+    codec()
+        .encode_event(&PotEvent::from(Pruned { leaves }), Metadata::default())
+        .unwrap()
+}
+
+fn request(stream: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest {
+        stream: stream.clone(),
+        expected,
+        events,
+    }
+}
+
+async fn append_n(store: &Store, stream: &StreamId, expected: u64, n: u32) -> Appended {
+    let events = (0..n).map(pruned).collect();
+    store
+        .append(request(stream, ExpectedVersion::Exact(expected), events))
+        .await
+        .unwrap()
+}
+
+pub async fn empty_store_has_head_zero(store: Store) {
+    assert_eq!(store.head().await.unwrap(), 0);
+    assert!(store.read_all(1, 10).await.unwrap().is_empty());
+    assert_eq!(store.stream_version(&pot("nothing")).await.unwrap(), 0);
+    store.ping().await.unwrap();
+}
+
+pub async fn round_trip_keeps_every_field(store: Store) {
+    let stream = pot("p-1");
+    let metadata = Metadata {
+        command_id: Some(Uuid::new_v4()),
+        correlation_id: Some(Uuid::new_v4()),
+        causation_id: Some(Uuid::new_v4()),
+        customer_id: Some("alice".into()),
+        extra: [("origin".to_string(), "test ünïcode ✓".to_string())].into(),
+    };
+    let events: Vec<PotEvent> = vec![
+        Planted {
+            species: "Monstera deliciosa".into(),
+        }
+        .into(),
+        Watered {
+            millilitres: 250,
+            source: "rain".into(),
+        }
+        .into(),
+        Pruned { leaves: 3 }.into(),
+    ];
+    let encoded: Vec<NewEvent> = events
+        .iter()
+        .map(|e| codec().encode_event(e, metadata.clone()).unwrap())
+        .collect();
+    let before = chrono::Utc::now();
+    let appended = store
+        .append(request(&stream, ExpectedVersion::Exact(0), encoded.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        appended,
+        Appended {
+            version: 3,
+            first_position: Some(1),
+            last_position: Some(3)
+        }
+    );
+
+    let read = store.read_stream(&stream, 1, u64::MAX, 100).await.unwrap();
+    assert_eq!(read.len(), 3);
+    for (i, (recorded, written)) in read.iter().zip(&encoded).enumerate() {
+        assert_eq!(recorded.stream, stream);
+        assert_eq!(recorded.sequence, i as u64 + 1);
+        assert_eq!(recorded.position, i as u64 + 1);
+        assert_eq!(recorded.event_id, written.event_id);
+        assert_eq!(recorded.event_type, written.event_type);
+        assert_eq!(recorded.revision, written.revision);
+        assert_eq!(recorded.format, written.format);
+        assert_eq!(recorded.payload, written.payload);
+        assert_eq!(recorded.metadata, metadata);
+        let skew = chrono::Duration::seconds(5);
+        assert!(
+            recorded.recorded_at >= before - skew
+                && recorded.recorded_at <= chrono::Utc::now() + skew
+        );
+    }
+    assert_eq!(read[1].revision, 2, "Watered is at revision 2");
+    let decoded: Vec<PotEvent> = read
+        .iter()
+        .map(|r| codec().decode_event(r).unwrap())
+        .collect();
+    assert_eq!(decoded, events);
+    assert_eq!(store.head().await.unwrap(), 3);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 3);
+}
+
+pub async fn replays_are_bounded_by_from_to_and_max(store: Store) {
+    let stream = pot("bounded");
+    append_n(&store, &stream, 0, 5).await;
+    let sequences = |events: Vec<nursery::store::RecordedEvent>| -> Vec<u64> {
+        events.iter().map(|e| e.sequence).collect()
+    };
+    assert_eq!(
+        sequences(
+            store
+                .read_stream(&stream, 1, u64::MAX, usize::MAX)
+                .await
+                .unwrap()
+        ),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        sequences(store.read_stream(&stream, 2, 4, 100).await.unwrap()),
+        [2, 3, 4]
+    );
+    assert_eq!(
+        sequences(store.read_stream(&stream, 2, u64::MAX, 2).await.unwrap()),
+        [2, 3]
+    );
+    assert_eq!(
+        sequences(store.read_stream(&stream, 4, 2, 100).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        sequences(store.read_stream(&stream, 6, u64::MAX, 100).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        sequences(store.read_stream(&stream, 3, 3, 0).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        sequences(
+            store
+                .read_stream(&pot("other"), 1, u64::MAX, 100)
+                .await
+                .unwrap()
+        ),
+        Vec::<u64>::new()
+    );
+}
+
+pub async fn a_wrong_expected_version_conflicts_and_writes_nothing(store: Store) {
+    let stream = pot("conflict");
+    append_n(&store, &stream, 0, 2).await;
+    for expected in [0, 1, 3, 100] {
+        let error = store
+            .append(request(
+                &stream,
+                ExpectedVersion::Exact(expected),
+                vec![pruned(9)],
+            ))
+            .await
+            .unwrap_err();
+        match error {
+            StoreError::ConcurrencyConflict {
+                stream: s,
+                expected: e,
+                actual,
+            } => {
+                assert_eq!(s, stream);
+                assert_eq!(e, ExpectedVersion::Exact(expected));
+                assert_eq!(actual, 2);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    assert_eq!(store.head().await.unwrap(), 2);
+    let appended = append_n(&store, &stream, 2, 1).await;
+    assert_eq!(appended.version, 3);
+    let any = store
+        .append(request(&stream, ExpectedVersion::Any, vec![pruned(1)]))
+        .await
+        .unwrap();
+    assert_eq!(any.version, 4);
+}
+
+pub async fn sixty_four_racers_on_one_stream_exactly_one_wins(store: Store) {
+    let stream = pot("contended");
+    append_n(&store, &stream, 0, 1).await;
+    let racers: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                store
+                    .append(request(&stream, ExpectedVersion::Exact(1), vec![pruned(i)]))
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(appended) => {
+                wins += 1;
+                assert_eq!(appended.version, 2);
+            }
+            Err(StoreError::ConcurrencyConflict { actual, .. }) => assert_eq!(actual, 2),
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 2);
+    assert_eq!(store.head().await.unwrap(), 2);
+}
+
+pub async fn sixty_four_racers_on_sixty_four_streams_all_win(store: Store) {
+    let racers: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .append(request(
+                        &pot(&format!("s-{i}")),
+                        ExpectedVersion::Exact(0),
+                        vec![pruned(i), pruned(i)],
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    let mut positions = HashSet::new();
+    for racer in racers {
+        let appended = racer.await.unwrap().unwrap();
+        assert_eq!(appended.version, 2);
+        let (first, last) = (
+            appended.first_position.unwrap(),
+            appended.last_position.unwrap(),
+        );
+        assert_eq!(last, first + 1, "one append's positions are contiguous");
+        assert!(positions.insert(first) && positions.insert(last));
+    }
+    assert_eq!(positions, (1..=128).collect::<HashSet<u64>>());
+    assert_eq!(store.head().await.unwrap(), 128);
+}
+
+pub async fn twenty_concurrent_appends_that_succeed_are_all_stored(store: Store) {
+    let stream = pot("twenty");
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let event = pruned(i);
+                let id = event.event_id;
+                (
+                    id,
+                    store
+                        .append(request(&stream, ExpectedVersion::Any, vec![event]))
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    let mut versions = HashSet::new();
+    for writer in writers {
+        let (id, result) = writer.await.unwrap();
+        let appended = result.unwrap();
+        assert!(
+            versions.insert(appended.version),
+            "two appends got the same version"
+        );
+        acknowledged.push(id);
+    }
+    let stored: HashSet<Uuid> = store
+        .read_stream(&stream, 1, u64::MAX, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(stored.len(), 20);
+    for id in acknowledged {
+        assert!(stored.contains(&id), "acknowledged event {id} was lost");
+    }
+    assert_eq!(versions, (1..=20).collect::<HashSet<u64>>());
+}
+
+pub async fn an_empty_append_neither_creates_a_stream_nor_lowers_a_version(store: Store) {
+    let fresh = pot("empty");
+    let appended = store
+        .append(request(&fresh, ExpectedVersion::Exact(0), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        appended,
+        Appended {
+            version: 0,
+            first_position: None,
+            last_position: None
+        }
+    );
+    assert_eq!(store.stream_version(&fresh).await.unwrap(), 0);
+    assert_eq!(store.head().await.unwrap(), 0);
+
+    let existing = pot("three");
+    append_n(&store, &existing, 0, 3).await;
+    let appended = store
+        .append(request(&existing, ExpectedVersion::Any, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 3);
+    let stale = store
+        .append(request(&existing, ExpectedVersion::Exact(1), vec![]))
+        .await;
+    assert!(matches!(
+        stale,
+        Err(StoreError::ConcurrencyConflict { actual: 3, .. })
+    ));
+    assert_eq!(store.stream_version(&existing).await.unwrap(), 3);
+    assert_eq!(store.head().await.unwrap(), 3);
+}
+
+pub async fn a_bad_second_event_rejects_the_whole_append(store: Store) {
+    let other = pot("other");
+    let taken = pruned(1);
+    store
+        .append(request(
+            &other,
+            ExpectedVersion::Exact(0),
+            vec![taken.clone()],
+        ))
+        .await
+        .unwrap();
+
+    let stream = pot("atomic");
+    let error = store
+        .append(request(
+            &stream,
+            ExpectedVersion::Exact(0),
+            vec![pruned(2), taken.clone(), pruned(3)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::DuplicateEvent { event_id, .. } if event_id == taken.event_id),
+        "{error:?}"
+    );
+
+    let mut nameless = pruned(4);
+    nameless.event_type.clear();
+    let error = store
+        .append(request(
+            &stream,
+            ExpectedVersion::Exact(0),
+            vec![pruned(5), nameless],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::InvalidInput(_)), "{error:?}");
+
+    let twice = pruned(6);
+    let error = store
+        .append(request(
+            &stream,
+            ExpectedVersion::Exact(0),
+            vec![twice.clone(), twice],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::InvalidInput(_)), "{error:?}");
+
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
+    assert_eq!(store.head().await.unwrap(), 1);
+}
+
+pub async fn an_identical_retry_is_answered_as_the_first_and_stores_nothing(store: Store) {
+    let stream = pot("retry");
+    append_n(&store, &stream, 0, 2).await;
+    let events = vec![pruned(1), pruned(2), pruned(3)];
+    let first = store
+        .append(request(&stream, ExpectedVersion::Exact(2), events.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Appended {
+            version: 5,
+            first_position: Some(3),
+            last_position: Some(5)
+        }
+    );
+    append_n(&store, &stream, 5, 1).await;
+
+    let retry = store
+        .append(request(&stream, ExpectedVersion::Exact(2), events.clone()))
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    let any = store
+        .append(request(&stream, ExpectedVersion::Any, events))
+        .await
+        .unwrap();
+    assert_eq!(any, first);
+    assert_eq!(store.head().await.unwrap(), 6);
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 6);
+}
+
+pub async fn partial_overlaps_and_foreign_ids_are_duplicates(store: Store) {
+    let stream = pot("overlap");
+    let stored = vec![pruned(1), pruned(2)];
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), stored.clone()))
+        .await
+        .unwrap();
+
+    // The first stored id plus a new one: a partial overlap.
+    let partial = store
+        .append(request(
+            &stream,
+            ExpectedVersion::Exact(0),
+            vec![stored[0].clone(), pruned(3)],
+        ))
+        .await;
+    assert!(
+        matches!(partial, Err(StoreError::DuplicateEvent { .. })),
+        "{partial:?}"
+    );
+    // The same ids, in another order.
+    let reordered = store
+        .append(request(
+            &stream,
+            ExpectedVersion::Exact(0),
+            vec![stored[1].clone(), stored[0].clone()],
+        ))
+        .await;
+    assert!(
+        matches!(reordered, Err(StoreError::DuplicateEvent { .. })),
+        "{reordered:?}"
+    );
+    // The same ids, at another expected version.
+    let shifted = store
+        .append(request(&stream, ExpectedVersion::Exact(1), stored.clone()))
+        .await;
+    assert!(
+        matches!(shifted, Err(StoreError::DuplicateEvent { .. })),
+        "{shifted:?}"
+    );
+    // The same ids, in another stream.
+    let foreign = store
+        .append(request(
+            &pot("elsewhere"),
+            ExpectedVersion::Exact(0),
+            stored,
+        ))
+        .await;
+    assert!(
+        matches!(foreign, Err(StoreError::DuplicateEvent { .. })),
+        "{foreign:?}"
+    );
+
+    assert_eq!(store.head().await.unwrap(), 2);
+    assert_eq!(store.stream_version(&pot("elsewhere")).await.unwrap(), 0);
+}
+
+pub async fn a_batch_fails_only_its_conflicting_requests(store: Store) {
+    let (a, b, c) = (pot("a"), pot("b"), pot("c"));
+    append_n(&store, &b, 0, 1).await;
+    let batch = vec![
+        request(&a, ExpectedVersion::Exact(0), vec![pruned(1)]),
+        request(&b, ExpectedVersion::Exact(0), vec![pruned(2)]),
+        request(&c, ExpectedVersion::Exact(0), vec![pruned(3), pruned(4)]),
+        request(&a, ExpectedVersion::Exact(1), vec![pruned(5)]),
+        request(&a, ExpectedVersion::Exact(1), vec![pruned(6)]),
+    ];
+    let results = store.append_batch(&batch).await.unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(
+        *results[0].as_ref().unwrap(),
+        Appended {
+            version: 1,
+            first_position: Some(2),
+            last_position: Some(2)
+        }
+    );
+    assert!(matches!(
+        results[1],
+        Err(StoreError::ConcurrencyConflict { actual: 1, .. })
+    ));
+    assert_eq!(
+        *results[2].as_ref().unwrap(),
+        Appended {
+            version: 2,
+            first_position: Some(3),
+            last_position: Some(4)
+        }
+    );
+    assert_eq!(
+        *results[3].as_ref().unwrap(),
+        Appended {
+            version: 2,
+            first_position: Some(5),
+            last_position: Some(5)
+        }
+    );
+    assert!(matches!(
+        results[4],
+        Err(StoreError::ConcurrencyConflict { actual: 2, .. })
+    ));
+    assert_eq!(store.head().await.unwrap(), 5);
+    assert_eq!(store.stream_version(&b).await.unwrap(), 1);
+}
+
+pub async fn global_reads_are_paged_in_position_order(store: Store) {
+    let streams = [pot("x"), pot("y"), pot("z")];
+    let mut written = Vec::new();
+    for round in 0..9u64 {
+        let stream = &streams[(round % 3) as usize];
+        let events = vec![pruned(1), pruned(2), pruned(3)];
+        written.extend(events.iter().map(|e| e.event_id));
+        store
+            .append(request(
+                stream,
+                ExpectedVersion::Exact(round / 3 * 3),
+                events,
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.head().await.unwrap(), 27);
+    let mut seen = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store.read_all(from, 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        for event in &page {
+            assert_eq!(event.position, seen.len() as u64 + 1);
+            seen.push(event.event_id);
+        }
+        from = page.last().unwrap().position + 1;
+    }
+    assert_eq!(seen, written);
+    let mid: Vec<u64> = store
+        .read_all(20, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(mid, (20..=27).collect::<Vec<_>>());
+
+    let streamed: Vec<u64> = stream_all(store.as_ref(), 5)
+        .map(|e| e.unwrap().position)
+        .collect()
+        .await;
+    assert_eq!(streamed, (5..=27).collect::<Vec<_>>());
+}
+
+pub async fn snapshots_round_trip_and_only_the_newest_are_kept(store: Store) {
+    let stream = pot("snap");
+    assert!(store.latest_snapshot(&stream).await.unwrap().is_none());
+    let at = |sequence: u64| Snapshot {
+        stream: stream.clone(),
+        sequence,
+        revision: 1,
+        format: PayloadFormat::MessagePack,
+        payload: vec![sequence as u8; 64],
+        recorded_at: chrono::DateTime::from_timestamp_micros(
+            1_700_000_000_000_000 + sequence as i64,
+        )
+        .unwrap(),
+    };
+    for sequence in [5, 10, 15] {
+        store.save_snapshot(&at(sequence), 2).await.unwrap();
+    }
+    assert_eq!(store.latest_snapshot(&stream).await.unwrap(), Some(at(15)));
+    assert_eq!(store.snapshot_count(&stream).await.unwrap(), 2);
+    store.save_snapshot(&at(20), 1).await.unwrap();
+    assert_eq!(store.snapshot_count(&stream).await.unwrap(), 1);
+    assert_eq!(store.latest_snapshot(&stream).await.unwrap(), Some(at(20)));
+    // Saving at the same sequence again replaces it.
+    let mut again = at(20);
+    again.payload = vec![7; 3];
+    store.save_snapshot(&again, 1).await.unwrap();
+    assert_eq!(store.latest_snapshot(&stream).await.unwrap(), Some(again));
+    assert!(
+        store
+            .latest_snapshot(&pot("other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn old_revisions_are_upcast_on_read(store: Store) {
+    let stream = pot("old");
+    #[derive(serde::Serialize)]
+    struct WateredV1 {
+        ml: u32,
+    }
+    for format in [PayloadFormat::MessagePack, PayloadFormat::Json] {
+        let old = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "Watered".into(),
+            revision: 1,
+            format,
+            payload: format.encode(&WateredV1 { ml: 300 }).unwrap(),
+            metadata: Metadata::default(),
+        };
+        store
+            .append(request(&stream, ExpectedVersion::Any, vec![old]))
+            .await
+            .unwrap();
+    }
+    for recorded in store.read_stream(&stream, 1, u64::MAX, 10).await.unwrap() {
+        let event: PotEvent = codec().decode_event(&recorded).unwrap();
+        assert_eq!(
+            event,
+            PotEvent::from(Watered {
+                millilitres: 300,
+                source: "tap".into()
+            })
+        );
+        let without = Codec::new(PayloadFormat::MessagePack).decode_event::<PotEvent>(&recorded);
+        assert!(
+            matches!(&without, Err(StoreError::UnknownEventType { revision: 1, event_type, .. }) if event_type == "Watered"),
+            "{without:?}"
+        );
+    }
+}
+
+pub async fn unknown_types_and_corrupt_payloads_are_typed_errors(store: Store) {
+    let stream = pot("bad");
+    let raw = |event_type: &str, revision: u32, payload: Vec<u8>| NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: event_type.into(),
+        revision,
+        format: PayloadFormat::MessagePack,
+        payload,
+        metadata: Metadata::default(),
+    };
+    let events = vec![
+        raw("Repotted", 1, vec![0x80]),
+        raw("Pruned", 1, vec![0xc1, 0xff, 0x00]),
+        raw(
+            "Pruned",
+            1,
+            PayloadFormat::MessagePack
+                .encode(&serde_json::json!({"leaves": "many"}))
+                .unwrap(),
+        ),
+        raw("Pruned", 9, vec![0x80]),
+    ];
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), events))
+        .await
+        .unwrap();
+    let read = store.read_stream(&stream, 1, u64::MAX, 10).await.unwrap();
+    let results: Vec<_> = read
+        .iter()
+        .map(|r| codec().decode_event::<PotEvent>(r))
+        .collect();
+    assert!(
+        matches!(&results[0], Err(StoreError::UnknownEventType { sequence: 1, stream: s, .. }) if *s == stream)
+    );
+    assert!(
+        matches!(&results[1], Err(StoreError::Corrupt { sequence: 2, stream: s, .. }) if *s == stream)
+    );
+    assert!(matches!(
+        &results[2],
+        Err(StoreError::Corrupt { sequence: 3, .. })
+    ));
+    assert!(matches!(
+        &results[3],
+        Err(StoreError::UnknownEventType {
+            sequence: 4,
+            revision: 9,
+            ..
+        })
+    ));
+    let message = results[1].as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("Pot/bad") && message.contains("sequence 2"),
+        "{message}"
+    );
+
+    let repository = Repository::<Pot>::new(Arc::clone(&store), codec(), SnapshotPolicy::NEVER);
+    assert!(matches!(
+        repository.load("bad").await,
+        Err(StoreError::UnknownEventType { .. })
+    ));
+}
+
+pub async fn json_payloads_round_trip(store: Store) {
+    let json = Codec::new(PayloadFormat::Json).with_upcasters(upcasters());
+    let stream = pot("json");
+    let event = PotEvent::from(Watered {
+        millilitres: 5,
+        source: "dew".into(),
+    });
+    let encoded = json.encode_event(&event, Metadata::default()).unwrap();
+    assert_eq!(encoded.format, PayloadFormat::Json);
+    assert_eq!(
+        std::str::from_utf8(&encoded.payload).unwrap(),
+        r#"{"millilitres":5,"source":"dew"}"#
+    );
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), vec![encoded]))
+        .await
+        .unwrap();
+    let read = store.read_stream(&stream, 1, 1, 1).await.unwrap();
+    // A MessagePack codec reads JSON rows too: the format is stored per row.
+    assert_eq!(codec().decode_event::<PotEvent>(&read[0]).unwrap(), event);
+}
+
+pub async fn a_one_mib_event_round_trips(store: Store) {
+    let stream = pot("big");
+    let species: String = "Nephrolepis exaltata "
+        .chars()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let event = PotEvent::from(Planted { species });
+    let encoded = codec().encode_event(&event, Metadata::default()).unwrap();
+    assert!(encoded.payload.len() > 1 << 20);
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), vec![encoded]))
+        .await
+        .unwrap();
+    let read = store.read_stream(&stream, 1, 1, 1).await.unwrap();
+    assert_eq!(codec().decode_event::<PotEvent>(&read[0]).unwrap(), event);
+}
+
+pub async fn a_ten_thousand_event_stream_streams_and_loads(store: Store) {
+    let stream = pot("long");
+    let planted = codec()
+        .encode_event(
+            &PotEvent::from(Planted {
+                species: "fern".into(),
+            }),
+            Metadata::default(),
+        )
+        .unwrap();
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), vec![planted]))
+        .await
+        .unwrap();
+    for batch in 0..10u64 {
+        let events = (0..1000).map(|_| {
+            codec()
+                .encode_event(
+                    &PotEvent::from(Watered {
+                        millilitres: 1,
+                        source: "can".into(),
+                    }),
+                    Metadata::default(),
+                )
+                .unwrap()
+        });
+        let expected = 1 + batch * 1000;
+        store
+            .append(request(
+                &stream,
+                ExpectedVersion::Exact(expected),
+                events.collect(),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut count = 0u64;
+    let mut events = stream_events(store.as_ref(), &stream, 1);
+    while let Some(event) = events.next().await {
+        count += 1;
+        assert_eq!(event.unwrap().sequence, count);
+    }
+    assert_eq!(count, 10_001);
+    let loaded = Repository::<Pot>::new(Arc::clone(&store), codec(), SnapshotPolicy::NEVER)
+        .load("long")
+        .await
+        .unwrap();
+    assert_eq!(loaded.version, 10_001);
+    assert_eq!(loaded.state.water, 10_000);
+    assert_eq!(loaded.replayed, 10_001);
+}
+
+pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
+    let policy = SnapshotPolicy {
+        every: 100,
+        keep: 2,
+    };
+    let repository = Repository::<Pot>::new(Arc::clone(&store), codec(), policy);
+    let mut state = Pot::default();
+    let mut version = 0;
+    let plant = nursery::domain::Aggregate::decide(
+        &state,
+        &crate::fixtures::PotCommand::Plant {
+            species: "fern".into(),
+        },
+    )
+    .unwrap();
+    repository
+        .save("p", version, &plant, &Metadata::default())
+        .await
+        .unwrap();
+    state.apply_all(&plant);
+    version += 1;
+    for _ in 0..49 {
+        let events: Vec<PotEvent> = (0..5)
+            .map(|_| {
+                Watered {
+                    millilitres: 2,
+                    source: "can".into(),
+                }
+                .into()
+            })
+            .collect();
+        let appended = repository
+            .save("p", version, &events, &Metadata::default())
+            .await
+            .unwrap();
+        state.apply_all(&events);
+        repository
+            .snapshot_if_due("p", &state, version, appended.version)
+            .await;
+        version = appended.version;
+    }
+    assert_eq!(version, 246);
+    assert_eq!(store.snapshot_count(&pot("p")).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .latest_snapshot(&pot("p"))
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence,
+        201
+    );
+    let loaded = repository.load("p").await.unwrap();
+    assert_eq!(loaded.state, state);
+    assert_eq!(loaded.version, 246);
+    assert_eq!(
+        loaded.replayed, 45,
+        "only the events after the snapshot are replayed"
+    );
+
+    // A snapshot of another revision is ignored, and the state rebuilt from the events.
+    let mut stale = store.latest_snapshot(&pot("p")).await.unwrap().unwrap();
+    stale.revision = 99;
+    stale.sequence = 246;
+    store.save_snapshot(&stale, 2).await.unwrap();
+    let rebuilt = repository.load("p").await.unwrap();
+    assert_eq!(rebuilt.state, state);
+    assert_eq!(rebuilt.replayed, 246);
+}
+
+pub async fn a_tracking_reader_never_skips_under_concurrent_writers(store: Store) {
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..25u64 {
+                    let stream = pot(&format!("w-{w}"));
+                    store
+                        .append(request(
+                            &stream,
+                            ExpectedVersion::Exact(i * 2),
+                            vec![pruned(1), pruned(2)],
+                        ))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    // A tracking reader: reads from its checkpoint while the writers run; it must see every
+    // position once, in order, with no gap.
+    let mut checkpoint = 0u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while checkpoint < 400 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader stuck at {checkpoint}"
+        );
+        let page = store.read_all(checkpoint + 1, 7).await.unwrap();
+        for event in page {
+            assert_eq!(
+                event.position,
+                checkpoint + 1,
+                "the reader skipped or repeated a position"
+            );
+            checkpoint = event.position;
+        }
+        tokio::task::yield_now().await;
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(store.head().await.unwrap(), 400);
+}

@@ -1,0 +1,94 @@
+//! Backends for the tests: in-memory, a fresh SQLite file, a fresh PostgreSQL database.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use nursery::store::{EventStore, MemoryStore, PostgresStore, SqliteStore};
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+/// A store under test, and whatever must live as long as it (a temp dir, a database).
+pub struct Backend {
+    pub store: Arc<dyn EventStore>,
+    pub url: String,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+pub fn pg_server() -> String {
+    std::env::var("NURSERY_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A PostgreSQL database that exists for as long as the value does.
+pub struct FreshPg {
+    pub name: String,
+    pub url: String,
+}
+
+impl FreshPg {
+    pub async fn new() -> Self {
+        let name = format!("nursery_t_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432 (see .ci/run)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        admin.close().await.ok();
+        let url = format!("{}/{name}", pg_server());
+        Self { name, url }
+    }
+}
+
+impl Drop for FreshPg {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs async I/O; do it on a thread of its own so it works from any context.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) =
+                    PgConnection::connect(&format!("{}/postgres", pg_server())).await
+                {
+                    let _ = admin
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn memory() -> Backend {
+    Backend {
+        store: Arc::new(MemoryStore::new()),
+        url: "memory://".into(),
+        _guard: Box::new(()),
+    }
+}
+
+pub async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("events.db").display());
+    Backend {
+        store: Arc::new(SqliteStore::connect(&url).await.unwrap()),
+        url,
+        _guard: Box::new(dir),
+    }
+}
+
+pub async fn postgres() -> Backend {
+    let db = FreshPg::new().await;
+    let url = db.url.clone();
+    Backend {
+        store: Arc::new(PostgresStore::connect(&url).await.unwrap()),
+        url,
+        _guard: Box::new(db),
+    }
+}
