@@ -37,3 +37,29 @@ CREATE TABLE IF NOT EXISTS snapshots (
     payload          BYTEA    NOT NULL,
     PRIMARY KEY (aggregate_type, aggregate_id, sequence)
 );
+
+-- Takes the append lock and reads, in one round trip, what planning an append needs: the head,
+-- the current version of each stream, and where any of the given event ids is already stored.
+-- Inside a VOLATILE function each statement takes a fresh snapshot (READ COMMITTED), so the
+-- reads after the lock see everything the previous lock holder committed.
+CREATE OR REPLACE FUNCTION nursery_lock_for_append(types TEXT[], ids TEXT[], event_ids UUID[])
+RETURNS TABLE (kind SMALLINT, aggregate_type TEXT, aggregate_id TEXT, sequence BIGINT,
+               event_id UUID, global_position BIGINT, recorded_at BIGINT)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    head BIGINT;
+BEGIN
+    SELECT c.last_position INTO head FROM event_counter c WHERE c.id = 1 FOR UPDATE;
+    RETURN QUERY
+        SELECT 2::SMALLINT, ''::TEXT, ''::TEXT, 0::BIGINT, NULL::UUID, head, 0::BIGINT
+        UNION ALL
+        SELECT 0::SMALLINT, s.t, s.i,
+               COALESCE((SELECT MAX(e.sequence) FROM events e
+                         WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i), 0),
+               NULL::UUID, 0::BIGINT, 0::BIGINT
+          FROM unnest(types, ids) AS s(t, i)
+        UNION ALL
+        SELECT 1::SMALLINT, e.aggregate_type, e.aggregate_id, e.sequence, e.event_id, e.global_position, e.recorded_at
+          FROM events e WHERE e.event_id = ANY(event_ids);
+END;
+$$;

@@ -69,13 +69,14 @@ impl EventStore for MemoryStore {
                         stream: recorded.stream.clone(),
                         sequence: recorded.sequence,
                         position: recorded.position,
+                        recorded_at: recorded.recorded_at,
                     },
                 ))
             })
             .collect();
         let head = inner.events.len() as u64;
-        let planned = plan(batch, versions, stored, head);
         let now = Utc::now();
+        let planned = plan(batch, versions, stored, head, now);
         for row in planned.rows {
             let index = inner.events.len();
             inner.events.push(RecordedEvent {

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
@@ -19,6 +20,7 @@ pub(crate) struct StoredId {
     pub stream: StreamId,
     pub sequence: u64,
     pub position: u64,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// One row to insert.
@@ -72,6 +74,7 @@ pub(crate) fn plan<'a>(
     mut versions: HashMap<StreamId, u64>,
     mut stored: HashMap<Uuid, StoredId>,
     head: u64,
+    now: DateTime<Utc>,
 ) -> Plan<'a> {
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::with_capacity(batch.iter().map(|r| r.events.len()).sum());
@@ -99,6 +102,7 @@ pub(crate) fn plan<'a>(
                 version: actual,
                 first_position: None,
                 last_position: None,
+                recorded_at: now,
             }));
             continue;
         }
@@ -116,6 +120,7 @@ pub(crate) fn plan<'a>(
                     stream: request.stream.clone(),
                     sequence: row.sequence,
                     position: row.position,
+                    recorded_at: now,
                 },
             );
             rows.push(row);
@@ -127,6 +132,7 @@ pub(crate) fn plan<'a>(
             version,
             first_position: Some(first_position),
             last_position: Some(next_position - 1),
+            recorded_at: now,
         }));
     }
     Plan {
@@ -176,5 +182,6 @@ fn retry_answer(request: &AppendRequest, stored: &HashMap<Uuid, StoredId>) -> Op
         version: found.last().map_or(0, |s| s.sequence),
         first_position: found.first().map(|s| s.position),
         last_position: found.last().map(|s| s.position),
+        recorded_at: found.first().map_or_else(Utc::now, |s| s.recorded_at),
     }))
 }

@@ -7,7 +7,8 @@
 //! appends, as Commanded's event store does:
 //!
 //! 1. Every append transaction starts with `SELECT last_position FROM event_counter WHERE id = 1
-//!    FOR UPDATE`. The row lock is held until the transaction ends, so at most one append is
+//!    FOR UPDATE` (inside `nursery_lock_for_append`, which then reads the streams' versions with
+//!    a fresh snapshot, in the same round trip). The row lock is held until the transaction ends, so at most one append is
 //!    between that statement and its commit at any time.
 //! 2. Positions are `last_position + 1 ..`, written back to the counter in the same transaction.
 //!    A rolled-back append rolls the counter back too: positions have no holes at all.
@@ -45,19 +46,14 @@ use super::{
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
      event_type, payload_revision, payload_format, recorded_at, metadata::text AS metadata, payload";
 
-/// Takes the append lock and reads the head. Public in the crate so the gap-safety test can
-/// hold a writer open exactly as an append does.
+/// The statement every append's transaction starts with (inside `nursery_lock_for_append`):
+/// it takes the append lock and reads the head. Public so the gap-safety test can hold a writer
+/// open exactly as an append does.
 pub const LOCK_HEAD_SQL: &str = "SELECT last_position FROM event_counter WHERE id = 1 FOR UPDATE";
 
-const CURRENT_SQL: &str = "\
-    SELECT 0::int2 AS kind, s.t AS aggregate_type, s.i AS aggregate_id, \
-           COALESCE((SELECT MAX(e.sequence) FROM events e \
-                     WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i), 0) AS sequence, \
-           NULL::uuid AS event_id, 0::int8 AS global_position \
-      FROM unnest($1::text[], $2::text[]) AS s(t, i) \
-    UNION ALL \
-    SELECT 1::int2, aggregate_type, aggregate_id, sequence, event_id, global_position \
-      FROM events WHERE event_id = ANY($3::uuid[])";
+/// Takes the append lock and reads the head, the streams' versions and the stored ids among the
+/// batch's, in one round trip (see `nursery_lock_for_append` in the migration).
+const LOCK_AND_READ_SQL: &str = "SELECT * FROM nursery_lock_for_append($1, $2, $3)";
 
 const INSERT_SQL: &str = "\
     WITH counter AS (UPDATE event_counter SET last_position = $12 WHERE id = 1) \
@@ -132,9 +128,6 @@ impl EventStore for PostgresStore {
     #[instrument(skip_all, fields(requests = batch.len()), err)]
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let head: i64 = sqlx::query_scalar(LOCK_HEAD_SQL)
-            .fetch_one(&mut *tx)
-            .await?;
 
         let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
         streams.sort();
@@ -145,7 +138,7 @@ impl EventStore for PostgresStore {
             .iter()
             .flat_map(|r| r.events.iter().map(|e| e.event_id))
             .collect();
-        let rows = sqlx::query(CURRENT_SQL)
+        let rows = sqlx::query(LOCK_AND_READ_SQL)
             .bind(&types)
             .bind(&ids)
             .bind(&event_ids)
@@ -153,8 +146,13 @@ impl EventStore for PostgresStore {
             .await?;
         let mut versions = HashMap::with_capacity(streams.len());
         let mut stored = HashMap::new();
+        let mut head = None;
         for row in rows {
             let kind: i16 = row.try_get("kind")?;
+            if kind == 2 {
+                head = Some(to_u64(row.try_get("global_position")?, "last_position")?);
+                continue;
+            }
             let stream = StreamId::new(
                 row.try_get::<String, _>("aggregate_type")?,
                 row.try_get::<String, _>("aggregate_id")?,
@@ -164,18 +162,29 @@ impl EventStore for PostgresStore {
                 versions.insert(stream, sequence);
             } else {
                 let position = to_u64(row.try_get("global_position")?, "global_position")?;
+                let recorded_at = from_micros(row.try_get("recorded_at")?);
                 stored.insert(
                     row.try_get::<Uuid, _>("event_id")?,
                     StoredId {
                         stream,
                         sequence,
                         position,
+                        recorded_at,
                     },
                 );
             }
         }
 
-        let planned = plan(batch, versions, stored, to_u64(head, "last_position")?);
+        let head =
+            head.ok_or_else(|| StoreError::Internal("the append lock answered no head".into()))?;
+        let recorded_at = Utc::now();
+        let planned = plan(
+            batch,
+            versions,
+            stored,
+            head,
+            from_micros(recorded_at.timestamp_micros()),
+        );
         if planned.rows.is_empty() {
             tx.rollback().await?;
             return Ok(planned.results);
@@ -215,7 +224,7 @@ impl EventStore for PostgresStore {
             .bind(&event_types)
             .bind(&revisions)
             .bind(&formats)
-            .bind(Utc::now().timestamp_micros())
+            .bind(recorded_at.timestamp_micros())
             .bind(&metadata)
             .bind(&payloads)
             .bind(to_i64(planned.head, "position")?)

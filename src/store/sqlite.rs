@@ -118,73 +118,28 @@ impl EventStore for SqliteStore {
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
 
-        let mut versions = HashMap::new();
         let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
         streams.sort();
         streams.dedup();
-        for chunk in streams.chunks(MAX_PARAMS / 2) {
-            let mut query = QueryBuilder::new(
-                "SELECT aggregate_type, aggregate_id, MAX(sequence) AS version FROM events \
-                 WHERE (aggregate_type, aggregate_id) IN (VALUES ",
-            );
-            let mut values = query.separated(", ");
-            for stream in chunk {
-                values.push("(");
-                values.push_bind_unseparated(stream.aggregate_type.as_str());
-                values.push_unseparated(", ");
-                values.push_bind_unseparated(stream.aggregate_id.as_str());
-                values.push_unseparated(")");
-            }
-            query.push(") GROUP BY aggregate_type, aggregate_id");
-            for row in query.build().fetch_all(&mut *tx).await? {
-                let stream = StreamId::new(
-                    row.try_get::<String, _>("aggregate_type")?,
-                    row.try_get::<String, _>("aggregate_id")?,
-                );
-                versions.insert(stream, to_u64(row.try_get("version")?, "sequence")?);
-            }
-        }
-
-        let mut stored = HashMap::new();
         let ids: Vec<Uuid> = batch
             .iter()
             .flat_map(|r| r.events.iter().map(|e| e.event_id))
             .collect();
-        for chunk in ids.chunks(MAX_PARAMS) {
-            let mut query = QueryBuilder::new(
-                "SELECT event_id, aggregate_type, aggregate_id, sequence, global_position \
-                 FROM events WHERE event_id IN (",
-            );
-            let mut values = query.separated(", ");
-            for id in chunk {
-                values.push_bind(*id);
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&mut *tx).await? {
-                stored.insert(
-                    row.try_get::<Uuid, _>("event_id")?,
-                    StoredId {
-                        stream: StreamId::new(
-                            row.try_get::<String, _>("aggregate_type")?,
-                            row.try_get::<String, _>("aggregate_id")?,
-                        ),
-                        sequence: to_u64(row.try_get("sequence")?, "sequence")?,
-                        position: to_u64(row.try_get("global_position")?, "global_position")?,
-                    },
-                );
-            }
-        }
-
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let planned = plan(batch, versions, stored, to_u64(head, "global_position")?);
+        let (versions, stored, head) = read_current(&mut tx, &streams, &ids).await?;
+        let recorded_at = Utc::now();
+        let planned = plan(
+            batch,
+            versions,
+            stored,
+            head,
+            from_micros(recorded_at.timestamp_micros()),
+        );
         if planned.rows.is_empty() {
             tx.rollback().await?;
             return Ok(planned.results);
         }
 
-        let now = Utc::now().timestamp_micros();
+        let now = recorded_at.timestamp_micros();
         let mut metadata = Vec::with_capacity(planned.rows.len());
         for row in &planned.rows {
             metadata.push(row.event.metadata.to_json()?);
@@ -357,6 +312,83 @@ impl EventStore for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
+}
+
+type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
+
+/// Reads what planning a batch needs, in one statement per chunk of parameters: the current
+/// version of each stream (an index search each), where any of `ids` is already stored, and the
+/// head.
+async fn read_current(
+    conn: &mut sqlx::SqliteConnection,
+    streams: &[&StreamId],
+    ids: &[Uuid],
+) -> Result<Current, StoreError> {
+    let mut versions = HashMap::with_capacity(streams.len());
+    let mut stored = HashMap::new();
+    let mut head = 0;
+    let stream_chunks: Vec<&[&StreamId]> = streams.chunks(MAX_PARAMS / 4).collect();
+    let id_chunks: Vec<&[Uuid]> = ids.chunks(MAX_PARAMS / 2).collect();
+    for chunk in 0..stream_chunks.len().max(id_chunks.len()).max(1) {
+        let streams = stream_chunks.get(chunk).copied().unwrap_or_default();
+        let ids = id_chunks.get(chunk).copied().unwrap_or_default();
+        let mut query = QueryBuilder::new(
+            "SELECT 2 AS kind, '' AS aggregate_type, '' AS aggregate_id, 0 AS sequence, \
+             NULL AS event_id, COALESCE(MAX(global_position), 0) AS global_position, \
+             0 AS recorded_at FROM events",
+        );
+        for stream in streams {
+            query
+                .push(" UNION ALL SELECT 0, ")
+                .push_bind(stream.aggregate_type.as_str())
+                .push(", ")
+                .push_bind(stream.aggregate_id.as_str())
+                .push(", COALESCE((SELECT MAX(sequence) FROM events WHERE aggregate_type = ")
+                .push_bind(stream.aggregate_type.as_str())
+                .push(" AND aggregate_id = ")
+                .push_bind(stream.aggregate_id.as_str())
+                .push("), 0), NULL, 0, 0");
+        }
+        if !ids.is_empty() {
+            query.push(
+                " UNION ALL SELECT 1, aggregate_type, aggregate_id, sequence, event_id, global_position, recorded_at \
+                 FROM events WHERE event_id IN (",
+            );
+            let mut values = query.separated(", ");
+            for id in ids {
+                values.push_bind(*id);
+            }
+            query.push(")");
+        }
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let kind: i64 = row.try_get("kind")?;
+            let position = to_u64(row.try_get("global_position")?, "global_position")?;
+            if kind == 2 {
+                head = position;
+                continue;
+            }
+            let stream = StreamId::new(
+                row.try_get::<String, _>("aggregate_type")?,
+                row.try_get::<String, _>("aggregate_id")?,
+            );
+            let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+            if kind == 0 {
+                versions.insert(stream, sequence);
+            } else {
+                let recorded_at = from_micros(row.try_get("recorded_at")?);
+                stored.insert(
+                    row.try_get::<Uuid, _>("event_id")?,
+                    StoredId {
+                        stream,
+                        sequence,
+                        position,
+                        recorded_at,
+                    },
+                );
+            }
+        }
+    }
+    Ok((versions, stored, head))
 }
 
 /// SQLite integers are signed: a bound past `i64::MAX` means "no bound".

@@ -165,6 +165,8 @@ pub struct Appended {
     pub first_position: Option<u64>,
     /// The global position of the last event written, `None` for an empty append.
     pub last_position: Option<u64>,
+    /// When the store recorded the events (for an empty append, when it was answered).
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// A snapshot of an aggregate's state at one sequence number of its stream.

@@ -16,6 +16,15 @@ use crate::fixtures::{Planted, Pot, PotEvent, Pruned, Watered, upcasters};
 
 type Store = Arc<dyn EventStore>;
 
+/// The version and positions an append answered.
+fn spans(appended: &Appended) -> (u64, Option<u64>, Option<u64>) {
+    (
+        appended.version,
+        appended.first_position,
+        appended.last_position,
+    )
+}
+
 fn pot(id: &str) -> StreamId {
     StreamId::new("Pot", id)
 }
@@ -83,14 +92,7 @@ pub async fn round_trip_keeps_every_field(store: Store) {
         .append(request(&stream, ExpectedVersion::Exact(0), encoded.clone()))
         .await
         .unwrap();
-    assert_eq!(
-        appended,
-        Appended {
-            version: 3,
-            first_position: Some(1),
-            last_position: Some(3)
-        }
-    );
+    assert_eq!(spans(&appended), (3, Some(1), Some(3)));
 
     let read = store.read_stream(&stream, 1, u64::MAX, 100).await.unwrap();
     assert_eq!(read.len(), 3);
@@ -104,6 +106,7 @@ pub async fn round_trip_keeps_every_field(store: Store) {
         assert_eq!(recorded.format, written.format);
         assert_eq!(recorded.payload, written.payload);
         assert_eq!(recorded.metadata, metadata);
+        assert_eq!(recorded.recorded_at, appended.recorded_at);
         let skew = chrono::Duration::seconds(5);
         assert!(
             recorded.recorded_at >= before - skew
@@ -311,14 +314,7 @@ pub async fn an_empty_append_neither_creates_a_stream_nor_lowers_a_version(store
         .append(request(&fresh, ExpectedVersion::Exact(0), vec![]))
         .await
         .unwrap();
-    assert_eq!(
-        appended,
-        Appended {
-            version: 0,
-            first_position: None,
-            last_position: None
-        }
-    );
+    assert_eq!(spans(&appended), (0, None, None));
     assert_eq!(store.stream_version(&fresh).await.unwrap(), 0);
     assert_eq!(store.head().await.unwrap(), 0);
 
@@ -401,14 +397,7 @@ pub async fn an_identical_retry_is_answered_as_the_first_and_stores_nothing(stor
         .append(request(&stream, ExpectedVersion::Exact(2), events.clone()))
         .await
         .unwrap();
-    assert_eq!(
-        first,
-        Appended {
-            version: 5,
-            first_position: Some(3),
-            last_position: Some(5)
-        }
-    );
+    assert_eq!(spans(&first), (5, Some(3), Some(5)));
     append_n(&store, &stream, 5, 1).await;
 
     let retry = store
@@ -494,34 +483,13 @@ pub async fn a_batch_fails_only_its_conflicting_requests(store: Store) {
     ];
     let results = store.append_batch(&batch).await.unwrap();
     assert_eq!(results.len(), 5);
-    assert_eq!(
-        *results[0].as_ref().unwrap(),
-        Appended {
-            version: 1,
-            first_position: Some(2),
-            last_position: Some(2)
-        }
-    );
+    assert_eq!(spans(results[0].as_ref().unwrap()), (1, Some(2), Some(2)));
     assert!(matches!(
         results[1],
         Err(StoreError::ConcurrencyConflict { actual: 1, .. })
     ));
-    assert_eq!(
-        *results[2].as_ref().unwrap(),
-        Appended {
-            version: 2,
-            first_position: Some(3),
-            last_position: Some(4)
-        }
-    );
-    assert_eq!(
-        *results[3].as_ref().unwrap(),
-        Appended {
-            version: 2,
-            first_position: Some(5),
-            last_position: Some(5)
-        }
-    );
+    assert_eq!(spans(results[2].as_ref().unwrap()), (2, Some(3), Some(4)));
+    assert_eq!(spans(results[3].as_ref().unwrap()), (2, Some(5), Some(5)));
     assert!(matches!(
         results[4],
         Err(StoreError::ConcurrencyConflict { actual: 2, .. })
