@@ -6,10 +6,12 @@
 //!   events and fold events into state. No actix, sqlx, tokio, async or clock.
 //! - [`store`]: the event store behind one trait, [`store::EventStore`], with SQLite (the
 //!   embedded default), PostgreSQL and in-memory implementations, codecs, upcasters, snapshots.
-//! - `actors`: the actix runtime (aggregate actors, journal, broker, gateway).
+//! - [`actors`]: the actix runtime (aggregate actors, journal, broker, registry, gateway).
 //! - `projections`: read models and processors.
-//! - `http`, [`config`], `main.rs`, `testkit`: the edges.
+//! - `http`, [`config`], `main.rs`, [`testkit`]: the edges.
 
+pub mod actors;
 pub mod config;
 pub mod domain;
 pub mod store;
+pub mod testkit;

@@ -15,7 +15,7 @@ use super::EventSet;
 /// The state is serializable so it can be snapshotted; bump [`Aggregate::SNAPSHOT_REVISION`]
 /// whenever its shape changes, and old snapshots are ignored (the state is rebuilt from events).
 pub trait Aggregate:
-    Default + Clone + Send + Sync + Serialize + DeserializeOwned + 'static
+    Default + Clone + Send + Sync + Unpin + Serialize + DeserializeOwned + 'static
 {
     /// The stored aggregate type name. Renaming it is a data migration.
     const TYPE: &'static str;
@@ -24,7 +24,7 @@ pub trait Aggregate:
     const SNAPSHOT_REVISION: u32 = 1;
 
     /// What callers ask of the aggregate.
-    type Command: Send + 'static;
+    type Command: crate::domain::Command;
 
     /// The facts the aggregate records.
     type Event: EventSet;
@@ -43,5 +43,18 @@ pub trait Aggregate:
         for event in events {
             self.apply(event);
         }
+    }
+}
+
+/// What every command can tell about itself, before any aggregate sees it: a stable name (for
+/// logs, metrics and interceptors) and a shape check that needs no state.
+pub trait Command: Send + Unpin + 'static {
+    /// The command's stable name, as `"AddItem"`.
+    fn name(&self) -> &'static str;
+
+    /// Checks what can be checked without the aggregate's state (a quantity of at least 1, a
+    /// well-formed card number). The validation interceptor calls it before the command is sent.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
     }
 }

@@ -7,5 +7,5 @@
 mod aggregate;
 mod event;
 
-pub use aggregate::Aggregate;
+pub use aggregate::{Aggregate, Command};
 pub use event::{EventSet, PayloadDecoder};

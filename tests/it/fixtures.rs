@@ -55,9 +55,35 @@ pub enum PotError {
 
 #[derive(Clone, Debug)]
 pub enum PotCommand {
-    Plant { species: String },
-    Water { millilitres: u32 },
-    Prune { leaves: u32 },
+    Plant {
+        species: String,
+    },
+    Water {
+        millilitres: u32,
+    },
+    Prune {
+        leaves: u32,
+    },
+    /// Panics in `decide`: for supervision tests.
+    Explode,
+}
+
+impl nursery::domain::Command for PotCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Plant { .. } => "Plant",
+            Self::Water { .. } => "Water",
+            Self::Prune { .. } => "Prune",
+            Self::Explode => "Explode",
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Water { millilitres: 0 } => Err("millilitres must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Aggregate for Pot {
@@ -75,6 +101,11 @@ impl Aggregate for Pot {
                 .into(),
             ]),
             PotCommand::Plant { .. } => Err(PotError::AlreadyPlanted),
+            #[allow(
+                clippy::panic,
+                reason = "the supervision tests need a decide that panics"
+            )]
+            PotCommand::Explode => panic!("the pot exploded"),
             _ if self.species.is_none() => Err(PotError::Empty),
             PotCommand::Water { millilitres } => Ok(vec![
                 Watered {

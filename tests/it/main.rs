@@ -14,5 +14,6 @@
 mod fixtures;
 mod golden;
 mod layout;
+mod runtime;
 mod store;
 mod support;

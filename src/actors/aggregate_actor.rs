@@ -1,0 +1,442 @@
+//! `AggregateActor<A>`: one supervised actor per live aggregate id. It rehydrates (latest
+//! snapshot, then the events after it), decides commands from its mailbox strictly in order,
+//! persists their events through the journal, and answers each command only once its events
+//! are durable.
+//!
+//! # Batching a hot aggregate
+//! Commands are not decided in their handler: the handler queues them, and a `Flush` runs once
+//! the mailbox is drained (actix polls the mailbox before the context's own items). The flush
+//! decides every queued command in order against a working copy of the state (each sees the
+//! events of those before it), sends all their events to the journal as one group, and waits
+//! for it (`ctx.wait`) so no decision is made while an append is in flight. A rejected command
+//! costs nothing and does not spoil the others. Each command is its own request in the group,
+//! its expected version chained after the one before, so the store answers each on its own.
+//!
+//! # Failure
+//! - A panic in `decide` or `apply` answers `Crashed` to that command and stops the actor; the
+//!   supervisor restarts the same value, `restarting` resets the state (keeping the queue of
+//!   commands not yet answered), and `started` rehydrates under `ctx.wait` after an exponential
+//!   backoff with jitter, holding a recovery permit so few actors rehydrate at once.
+//! - A store error fails every command of the group and restarts the actor the same way.
+//! - A concurrency conflict (another process wrote the stream) rehydrates and decides the
+//!   conflicting commands again, up to `max_conflict_retries`, then answers `Conflict`.
+//!
+//! Must not touch: HTTP, projections, any concrete aggregate.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::error::CommandError;
+use super::journal::{Append, Journal};
+use super::registry::ActorCounters;
+use super::supervision::SupervisionPolicy;
+use crate::domain::{Aggregate, Command};
+use crate::store::{AppendResult, Metadata, Repository, StoreError};
+
+/// What a successful command answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The command's id.
+    pub command_id: Uuid,
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// How many events the command recorded (0: it changed nothing).
+    pub events: usize,
+    /// The global position of the command's last event (for a command that recorded nothing:
+    /// `None`).
+    pub position: Option<u64>,
+}
+
+/// The reply of one command.
+pub type CommandResult<A> = Result<CommandOutcome, CommandError<<A as Aggregate>::Error>>;
+
+/// A command for one aggregate actor, with its metadata (command id and the rest are set) and
+/// where to answer. The answer travels on its own channel, not as the message's result, so a
+/// message refused by a closed mailbox comes back whole and can be sent to a fresh actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Execute<A: Aggregate> {
+    /// The command.
+    pub command: A::Command,
+    /// Its metadata; `command_id` identifies it.
+    pub metadata: Metadata,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<CommandResult<A>>,
+}
+
+/// Settings every actor of one aggregate type shares.
+pub struct ActorSettings<A: Aggregate> {
+    /// Loads and encodes the aggregate.
+    pub repository: Repository<A>,
+    /// Where appends go.
+    pub journal: Addr<Journal>,
+    /// Restart policy.
+    pub supervision: SupervisionPolicy,
+    /// Bounds concurrent rehydrations.
+    pub recoveries: Arc<Semaphore>,
+    /// How many times a command is decided again after conflicts before it fails.
+    pub max_conflict_retries: u32,
+    /// How many commands may wait in one actor's mailbox.
+    pub mailbox_capacity: usize,
+    /// Counters shared by every actor of the type.
+    pub counters: Arc<ActorCounters>,
+}
+
+struct Pending<A: Aggregate> {
+    command: A::Command,
+    metadata: Metadata,
+    reply: oneshot::Sender<CommandResult<A>>,
+    attempts: u32,
+    received: Instant,
+}
+
+/// The actor of one aggregate instance.
+pub struct AggregateActor<A: Aggregate> {
+    id: Arc<str>,
+    settings: Arc<ActorSettings<A>>,
+    state: A,
+    version: u64,
+    ready: bool,
+    queue: VecDeque<Pending<A>>,
+    restarts: u32,
+}
+
+impl<A: Aggregate> AggregateActor<A> {
+    /// The actor of aggregate `id`.
+    pub fn new(id: Arc<str>, settings: Arc<ActorSettings<A>>) -> Self {
+        Self {
+            id,
+            settings,
+            state: A::default(),
+            version: 0,
+            ready: false,
+            queue: VecDeque::new(),
+            restarts: 0,
+        }
+    }
+
+    /// Loads the state (after a backoff when restarting) while the mailbox waits.
+    fn rehydrate(&mut self, ctx: &mut Context<Self>) {
+        self.ready = false;
+        let delay = self.settings.supervision.backoff(self.restarts);
+        let permits = Arc::clone(&self.settings.recoveries);
+        let repository = self.settings.repository.clone();
+        let id = Arc::clone(&self.id);
+        let load = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let _permit = permits.acquire_owned().await;
+            repository.load(&id).await
+        };
+        ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
+            Ok(loaded) => {
+                actor.state = loaded.state;
+                actor.version = loaded.version;
+                actor.ready = true;
+                debug!(aggregate = A::TYPE, id = %actor.id, version = actor.version, replayed = loaded.replayed, "rehydrated");
+                ctx.notify(Flush);
+            }
+            Err(error) => {
+                warn!(aggregate = A::TYPE, id = %actor.id, %error, "rehydration failed; restarting");
+                let error = Arc::new(error);
+                actor.fail_all(|| CommandError::Store(Arc::clone(&error)));
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn fail_all(&mut self, error: impl Fn() -> CommandError<A::Error>) {
+        for pending in self.queue.drain(..) {
+            finish::<A>(pending, Err(error()));
+        }
+    }
+
+    /// Decides every queued command and appends their events as one group.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.ready || self.queue.is_empty() {
+            return;
+        }
+        let mut working = self.state.clone();
+        let mut version = self.version;
+        let mut decided: Vec<(Pending<A>, u64, usize)> = Vec::new();
+        let mut requests = Vec::new();
+        while let Some(pending) = self.queue.pop_front() {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let events = working.decide(&pending.command)?;
+                let mut next = working.clone();
+                next.apply_all(&events);
+                Ok::<_, A::Error>((events, next))
+            }));
+            match outcome {
+                Ok(Ok((events, next))) if events.is_empty() => {
+                    let _ = next;
+                    // Answered once the commands before it are durable: it saw their effects.
+                    decided.push((pending, version, 0));
+                }
+                Ok(Ok((events, next))) => {
+                    let request = match self.settings.repository.append_request(
+                        &self.id,
+                        version,
+                        &events,
+                        &pending.metadata,
+                    ) {
+                        Ok(request) => request,
+                        Err(error) => {
+                            finish::<A>(pending, Err(error.into()));
+                            continue;
+                        }
+                    };
+                    working = next;
+                    version += events.len() as u64;
+                    decided.push((pending, version, events.len()));
+                    requests.push(request);
+                }
+                Ok(Err(rejection)) => finish::<A>(pending, Err(CommandError::Rejected(rejection))),
+                Err(panic) => {
+                    let message = panic_message(&panic);
+                    warn!(aggregate = A::TYPE, id = %self.id, command = pending.command.name(), %message, "the aggregate panicked; restarting");
+                    finish::<A>(pending, Err(CommandError::Crashed(message)));
+                    // The others wait in the queue for the restarted actor.
+                    for (earlier, _, _) in decided.into_iter().rev() {
+                        self.queue.push_front(earlier);
+                    }
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        if requests.is_empty() {
+            for (pending, version, _) in decided {
+                let command_id = command_id(&pending.metadata);
+                finish::<A>(
+                    pending,
+                    Ok(CommandOutcome {
+                        command_id,
+                        version,
+                        events: 0,
+                        position: None,
+                    }),
+                );
+            }
+            return;
+        }
+        let append = self.settings.journal.send(Append(requests));
+        ctx.wait(append.into_actor(self).map(move |answer, actor, ctx| {
+            actor.persisted(answer, decided, working, version, ctx);
+        }));
+    }
+
+    fn persisted(
+        &mut self,
+        answer: Result<Result<Vec<AppendResult>, Arc<StoreError>>, MailboxError>,
+        decided: Vec<(Pending<A>, u64, usize)>,
+        working: A,
+        after: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let results = match answer {
+            Ok(Ok(results)) => results,
+            Ok(Err(error)) => {
+                warn!(aggregate = A::TYPE, id = %self.id, %error, "append failed; restarting");
+                for (pending, _, _) in decided {
+                    finish::<A>(pending, Err(CommandError::Store(Arc::clone(&error))));
+                }
+                ctx.stop();
+                return;
+            }
+            Err(error) => {
+                for (pending, _, _) in decided {
+                    finish::<A>(pending, Err(CommandError::Unavailable(error.to_string())));
+                }
+                ctx.stop();
+                return;
+            }
+        };
+        let mut results = results.into_iter();
+        let mut last_position = None;
+        let mut conflicted = false;
+        for (mut pending, version, events) in decided {
+            if events == 0 {
+                if conflicted {
+                    pending.attempts += 1;
+                    self.queue.push_back(pending);
+                } else {
+                    let command_id = command_id(&pending.metadata);
+                    finish::<A>(
+                        pending,
+                        Ok(CommandOutcome {
+                            command_id,
+                            version,
+                            events: 0,
+                            position: last_position,
+                        }),
+                    );
+                }
+                continue;
+            }
+            match results.next() {
+                Some(Ok(appended)) => {
+                    last_position = appended.last_position;
+                    let command_id = command_id(&pending.metadata);
+                    finish::<A>(
+                        pending,
+                        Ok(CommandOutcome {
+                            command_id,
+                            version: appended.version,
+                            events,
+                            position: appended.last_position,
+                        }),
+                    );
+                }
+                Some(Err(StoreError::ConcurrencyConflict { .. })) => {
+                    conflicted = true;
+                    pending.attempts += 1;
+                    if pending.attempts > self.settings.max_conflict_retries {
+                        let attempts = pending.attempts;
+                        finish::<A>(pending, Err(CommandError::Conflict { attempts }));
+                    } else {
+                        self.queue.push_back(pending);
+                    }
+                }
+                Some(Err(error)) => {
+                    conflicted = true;
+                    finish::<A>(pending, Err(error.into()));
+                }
+                None => {
+                    conflicted = true;
+                    finish::<A>(
+                        pending,
+                        Err(
+                            StoreError::Internal("the journal answered too few results".into())
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
+        if conflicted {
+            metrics::counter!("nursery_aggregate_conflicts_total", "aggregate" => A::TYPE)
+                .increment(1);
+            self.rehydrate(ctx);
+            return;
+        }
+        self.restarts = 0;
+        let before = self.version;
+        self.state = working;
+        self.version = after;
+        let repository = self.settings.repository.clone();
+        if repository.policy().due(before, after) {
+            let (id, state) = (Arc::clone(&self.id), self.state.clone());
+            actix::spawn(
+                async move { repository.snapshot_if_due(&id, &state, before, after).await },
+            );
+        }
+        ctx.notify(Flush);
+    }
+}
+
+fn command_id(metadata: &Metadata) -> Uuid {
+    metadata.command_id.unwrap_or_default()
+}
+
+fn finish<A: Aggregate>(pending: Pending<A>, result: CommandResult<A>) {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::Conflict { .. }) => "conflict",
+        Err(CommandError::Crashed(_)) => "crashed",
+        Err(_) => "failed",
+    };
+    let name = pending.command.name();
+    metrics::counter!("nursery_commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome).increment(1);
+    metrics::histogram!("nursery_command_seconds", "aggregate" => A::TYPE)
+        .record(pending.received.elapsed().as_secs_f64());
+    let _ = pending.reply.send(result);
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+impl<A: Aggregate> Actor for AggregateActor<A> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+        metrics::gauge!("nursery_live_actors", "aggregate" => A::TYPE).increment(1.0);
+        self.settings.counters.live.fetch_add(1, Ordering::Relaxed);
+        self.settings
+            .counters
+            .started
+            .fetch_add(1, Ordering::Relaxed);
+        self.rehydrate(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::gauge!("nursery_live_actors", "aggregate" => A::TYPE).decrement(1.0);
+        self.settings.counters.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<A: Aggregate> Supervised for AggregateActor<A> {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        metrics::counter!("nursery_actor_restarts_total", "aggregate" => A::TYPE).increment(1);
+        self.settings
+            .counters
+            .restarts
+            .fetch_add(1, Ordering::Relaxed);
+        // The same value is restarted: forget the state, keep the commands not yet answered.
+        self.state = A::default();
+        self.version = 0;
+        self.ready = false;
+        self.restarts = self.restarts.saturating_add(1);
+    }
+}
+
+impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, execute: Execute<A>, ctx: &mut Context<Self>) {
+        self.queue.push_back(Pending {
+            command: execute.command,
+            metadata: execute.metadata,
+            reply: execute.reply,
+            attempts: 0,
+            received: Instant::now(),
+        });
+        // Decided once the mailbox is drained, together with every command waiting now.
+        ctx.notify(Flush);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl<A: Aggregate> Handler<Flush> for AggregateActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
+}
+
+impl<A: Aggregate> AggregateActor<A> {
+    /// The version the actor's state is at (for tests and diagnostics).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}

@@ -1,0 +1,260 @@
+//! The command gateway: the one way commands enter the runtime. It gives each command an id
+//! and a correlation id, opens a tracing span, runs the interceptor chain (validation,
+//! authorization, logging, or your own; any may refuse), answers a repeated command id from
+//! its first success, and sends the command to its aggregate's actor through the registry.
+//!
+//! Must not touch: the store, HTTP. The gateway speaks commands and outcomes.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::SendError;
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+use tracing::{Instrument, info, info_span};
+use uuid::Uuid;
+
+use super::aggregate_actor::{CommandOutcome, CommandResult, Execute};
+use super::error::{CommandError, Refusal};
+use super::registry::Registry;
+use crate::domain::{Aggregate, Command};
+use crate::store::Metadata;
+
+/// A command as interceptors see it.
+pub struct CommandEnvelope<'a> {
+    /// The aggregate type it is for.
+    pub aggregate_type: &'static str,
+    /// The aggregate id it is for.
+    pub aggregate_id: &'a str,
+    /// The command (downcast with `command.as_any()`).
+    pub command: &'a dyn DynCommand,
+    /// Its metadata; interceptors may add to it (it flows into the events' metadata).
+    pub metadata: &'a mut Metadata,
+}
+
+/// A command without its type: what interceptors can ask of any command.
+pub trait DynCommand: Send {
+    /// The command's name.
+    fn name(&self) -> &'static str;
+    /// The command's own shape check.
+    fn validate(&self) -> Result<(), String>;
+    /// The command, for downcasting to its type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Command + Any> DynCommand for T {
+    fn name(&self) -> &'static str {
+        Command::name(self)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Command::validate(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// One link of the chain every command passes before its aggregate sees it.
+pub trait Interceptor: Send + Sync + 'static {
+    /// Lets the command through (possibly adding metadata) or refuses it.
+    fn intercept(&self, envelope: &mut CommandEnvelope<'_>) -> Result<(), Refusal>;
+}
+
+impl<F> Interceptor for F
+where
+    F: Fn(&mut CommandEnvelope<'_>) -> Result<(), Refusal> + Send + Sync + 'static,
+{
+    fn intercept(&self, envelope: &mut CommandEnvelope<'_>) -> Result<(), Refusal> {
+        self(envelope)
+    }
+}
+
+/// Refuses a command whose own `validate` fails, with code `invalid_command`.
+pub struct Validation;
+
+impl Interceptor for Validation {
+    fn intercept(&self, envelope: &mut CommandEnvelope<'_>) -> Result<(), Refusal> {
+        envelope
+            .command
+            .validate()
+            .map_err(|message| Refusal::new("invalid_command", message))
+    }
+}
+
+/// Logs every command that passes (at info level, with its ids).
+pub struct Logging;
+
+impl Interceptor for Logging {
+    fn intercept(&self, envelope: &mut CommandEnvelope<'_>) -> Result<(), Refusal> {
+        info!(
+            aggregate = envelope.aggregate_type,
+            id = envelope.aggregate_id,
+            command = envelope.command.name(),
+            command_id = ?envelope.metadata.command_id,
+            customer = ?envelope.metadata.customer_id,
+            "command"
+        );
+        Ok(())
+    }
+}
+
+/// Refuses what a rule does not allow, with code `forbidden`.
+pub struct Authorization<F>(pub F);
+
+impl<F> Interceptor for Authorization<F>
+where
+    F: Fn(&CommandEnvelope<'_>) -> bool + Send + Sync + 'static,
+{
+    fn intercept(&self, envelope: &mut CommandEnvelope<'_>) -> Result<(), Refusal> {
+        if (self.0)(envelope) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "forbidden",
+                format!("{} is not allowed here", envelope.command.name()),
+            ))
+        }
+    }
+}
+
+/// Called with the outcome of a fire-and-forget command.
+pub type Callback<A> = Box<dyn FnOnce(CommandResult<A>) + Send>;
+
+pub(crate) struct GatewayInner {
+    pub registries: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    pub interceptors: Vec<Arc<dyn Interceptor>>,
+    pub timeout: Duration,
+    pub dedupe_ttl: Duration,
+    pub answered: DashMap<Uuid, (tokio::time::Instant, CommandOutcome)>,
+}
+
+/// Sends commands to aggregates. Cheap to clone.
+#[derive(Clone)]
+pub struct CommandGateway {
+    pub(crate) inner: Arc<GatewayInner>,
+}
+
+impl CommandGateway {
+    /// Sends a command to aggregate `id` of type `A` and waits, up to the gateway's timeout, for
+    /// its events to be durable.
+    pub async fn send_and_wait<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> CommandResult<A> {
+        self.send_and_wait_for::<A>(id, command, metadata, self.inner.timeout)
+            .await
+    }
+
+    /// Like [`CommandGateway::send_and_wait`], with its own timeout.
+    pub async fn send_and_wait_for<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        mut metadata: Metadata,
+        timeout: Duration,
+    ) -> CommandResult<A> {
+        let command_id = *metadata.command_id.get_or_insert_with(Uuid::new_v4);
+        metadata.correlation_id.get_or_insert(command_id);
+        let span = info_span!("command", aggregate = A::TYPE, id, command = Command::name(&command), %command_id);
+        async move {
+            if let Some(outcome) = self.answered(command_id) {
+                return Ok(outcome);
+            }
+            let mut envelope = CommandEnvelope { aggregate_type: A::TYPE, aggregate_id: id, command: &command, metadata: &mut metadata };
+            for interceptor in &self.inner.interceptors {
+                if let Err(refusal) = interceptor.intercept(&mut envelope) {
+                    metrics::counter!("nursery_commands_total", "aggregate" => A::TYPE, "command" => Command::name(&command), "outcome" => "refused").increment(1);
+                    return Err(CommandError::Refused(refusal));
+                }
+            }
+            let registry = self.registry::<A>()?;
+            let (reply, answer) = oneshot::channel();
+            let mut message = Execute::<A> { command, metadata, reply };
+            let mut tries = 0;
+            loop {
+                let addr = registry.get(id);
+                match addr.try_send(message) {
+                    Ok(()) => break,
+                    Err(SendError::Full(full)) => {
+                        // Wait for room in the mailbox: bounded, never dropped.
+                        addr.send(full).await.map_err(|e| CommandError::Unavailable(e.to_string()))?;
+                        break;
+                    }
+                    Err(SendError::Closed(back)) => {
+                        registry.forget(id, &addr);
+                        tries += 1;
+                        if tries > 3 {
+                            return Err(CommandError::Unavailable("the aggregate's actor keeps closing".into()));
+                        }
+                        message = back;
+                    }
+                }
+            }
+            let result = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(CommandError::Unavailable("the actor stopped without answering".into())),
+                Err(_) => Err(CommandError::Timeout),
+            };
+            if let Ok(outcome) = &result {
+                self.remember(*outcome);
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends a command without waiting; `callback`, if any, is told the outcome (a failure
+    /// included), as the seed's `CommandCallback`.
+    pub fn send<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+        callback: Option<Callback<A>>,
+    ) {
+        let gateway = self.clone();
+        let id = id.to_owned();
+        actix_rt::spawn(async move {
+            let result = gateway.send_and_wait::<A>(&id, command, metadata).await;
+            if let Some(callback) = callback {
+                callback(result);
+            }
+        });
+    }
+
+    /// The registry of aggregate type `A`.
+    pub fn registry<A: Aggregate>(&self) -> Result<Arc<Registry<A>>, CommandError<A::Error>> {
+        self.inner
+            .registries
+            .get(&TypeId::of::<A>())
+            .cloned()
+            .and_then(|any| any.downcast::<Registry<A>>().ok())
+            .ok_or_else(|| {
+                CommandError::Unavailable(format!("aggregate type {} is not registered", A::TYPE))
+            })
+    }
+
+    fn answered(&self, command_id: Uuid) -> Option<CommandOutcome> {
+        let entry = self.inner.answered.get(&command_id)?;
+        (entry.0.elapsed() < self.inner.dedupe_ttl).then_some(entry.1)
+    }
+
+    fn remember(&self, outcome: CommandOutcome) {
+        let now = tokio::time::Instant::now();
+        self.inner
+            .answered
+            .insert(outcome.command_id, (now, outcome));
+        // Keep the cache bounded: sweep expired answers now and then.
+        if self.inner.answered.len() % 4_096 == 0 {
+            let ttl = self.inner.dedupe_ttl;
+            self.inner.answered.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+    }
+}

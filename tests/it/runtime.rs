@@ -1,0 +1,504 @@
+//! The actor runtime, through the test kit: persistence before answers, batching of a hot
+//! aggregate, supervision, conflicts, passivation, the broker's ordering, the gateway.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nursery::actors::{
+    Authorization, CommandError, PassivationConfig, Refusal, RuntimeConfig, SupervisionPolicy,
+    Validation,
+};
+use nursery::store::{Codec, Metadata, SnapshotPolicy, StreamId};
+use nursery::testkit::{AggregateFixture, TestRuntime};
+use uuid::Uuid;
+
+use crate::fixtures::{Planted, Pot, PotCommand, PotError, PotEvent, Pruned, Watered};
+
+fn water(millilitres: u32) -> PotCommand {
+    PotCommand::Water { millilitres }
+}
+
+fn plant() -> PotCommand {
+    PotCommand::Plant {
+        species: "fern".into(),
+    }
+}
+
+async fn start(config: RuntimeConfig) -> TestRuntime {
+    TestRuntime::start(|b| {
+        b.config(config)
+            .aggregate::<Pot>()
+            .interceptor(Validation)
+            .interceptor(Authorization(
+                |envelope: &nursery::actors::CommandEnvelope<'_>| {
+                    envelope.metadata.customer_id.as_deref() != Some("mallory")
+                },
+            ))
+    })
+    .await
+    .unwrap()
+}
+
+fn quick() -> RuntimeConfig {
+    RuntimeConfig {
+        supervision: SupervisionPolicy {
+            min_backoff: Duration::from_millis(1),
+            ..SupervisionPolicy::default()
+        },
+        ..RuntimeConfig::default()
+    }
+}
+
+#[test]
+fn the_fixture_reads_like_the_rule() {
+    AggregateFixture::<Pot>::given([])
+        .when(plant())
+        .expect_events([Planted {
+            species: "fern".into(),
+        }
+        .into()]);
+    AggregateFixture::<Pot>::given([Planted {
+        species: "fern".into(),
+    }
+    .into()])
+    .when(water(3))
+    .expect_events([Watered {
+        millilitres: 3,
+        source: "can".into(),
+    }
+    .into()]);
+    AggregateFixture::<Pot>::given([])
+        .when(water(3))
+        .expect_error(PotError::Empty);
+}
+
+#[actix_rt::test]
+async fn a_command_is_answered_after_its_events_are_stored_with_their_metadata() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    let metadata = Metadata {
+        customer_id: Some("alice".into()),
+        ..Metadata::default()
+    };
+    let planted = gateway
+        .send_and_wait::<Pot>("p1", plant(), metadata.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (planted.version, planted.events, planted.position),
+        (1, 1, Some(1))
+    );
+    let watered = gateway
+        .send_and_wait::<Pot>("p1", water(5), metadata)
+        .await
+        .unwrap();
+    assert_eq!((watered.version, watered.position), (2, Some(2)));
+
+    let stored = test
+        .store()
+        .read_stream(&StreamId::new("Pot", "p1"), 1, u64::MAX, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].metadata.command_id, Some(planted.command_id));
+    assert_eq!(stored[0].metadata.correlation_id, Some(planted.command_id));
+    assert_eq!(stored[1].metadata.customer_id.as_deref(), Some("alice"));
+}
+
+#[actix_rt::test]
+async fn a_rejected_command_writes_nothing() {
+    let test = start(quick()).await;
+    let result = test
+        .gateway()
+        .send_and_wait::<Pot>("p", water(5), Metadata::default())
+        .await;
+    assert!(
+        matches!(result, Err(CommandError::Rejected(PotError::Empty))),
+        "{result:?}"
+    );
+    assert_eq!(test.store().head().await.unwrap(), 0);
+}
+
+#[actix_rt::test]
+async fn interceptors_refuse_invalid_and_unauthorized_commands() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let invalid = gateway
+        .send_and_wait::<Pot>("p", water(0), Metadata::default())
+        .await;
+    assert!(
+        matches!(
+            &invalid,
+            Err(CommandError::Refused(Refusal {
+                code: "invalid_command",
+                ..
+            }))
+        ),
+        "{invalid:?}"
+    );
+    let mallory = Metadata {
+        customer_id: Some("mallory".into()),
+        ..Metadata::default()
+    };
+    let forbidden = gateway.send_and_wait::<Pot>("p", water(1), mallory).await;
+    assert!(
+        matches!(
+            &forbidden,
+            Err(CommandError::Refused(Refusal {
+                code: "forbidden",
+                ..
+            }))
+        ),
+        "{forbidden:?}"
+    );
+    assert_eq!(test.store().head().await.unwrap(), 1);
+}
+
+#[actix_rt::test]
+async fn a_hot_aggregate_shares_appends_and_answers_every_command() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("hot", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let calls_before = test.faults().append_calls();
+    let commands: Vec<_> = (0..200)
+        .map(|_| {
+            let gateway = gateway.clone();
+            actix_rt::spawn(async move {
+                gateway
+                    .send_and_wait::<Pot>("hot", water(1), Metadata::default())
+                    .await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for command in commands {
+        versions.push(command.await.unwrap().unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (2..=201).collect::<Vec<_>>(),
+        "every command saw the ones before it"
+    );
+    let appends = test.faults().append_calls() - calls_before;
+    assert!(
+        appends < 200,
+        "200 commands took {appends} appends: they were not batched"
+    );
+    let loaded = nursery::store::Repository::<Pot>::new(
+        Arc::clone(test.store()),
+        Codec::default(),
+        SnapshotPolicy::NEVER,
+    )
+    .load("hot")
+    .await
+    .unwrap();
+    assert_eq!(loaded.state.water, 200);
+}
+
+#[actix_rt::test]
+async fn a_panicking_decide_fails_only_its_command_and_the_actor_recovers() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    gateway
+        .send_and_wait::<Pot>("other", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let crashed = gateway
+        .send_and_wait::<Pot>("p", PotCommand::Explode, Metadata::default())
+        .await;
+    assert!(
+        matches!(&crashed, Err(CommandError::Crashed(m)) if m.contains("exploded")),
+        "{crashed:?}"
+    );
+    let after = gateway
+        .send_and_wait::<Pot>("p", water(2), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(after.version, 2, "the restarted actor rehydrated");
+    let other = gateway
+        .send_and_wait::<Pot>("other", water(2), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(other.version, 2);
+    let counters = gateway.registry::<Pot>().unwrap();
+    assert_eq!(
+        counters.counters().restarts.load(Ordering::SeqCst),
+        1,
+        "only the failing actor restarted"
+    );
+}
+
+#[actix_rt::test]
+async fn a_store_failure_fails_the_command_and_the_actor_rehydrates() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    test.faults().fail_next_appends(1);
+    let failed = gateway
+        .send_and_wait::<Pot>("p", water(7), Metadata::default())
+        .await;
+    assert!(
+        matches!(&failed, Err(CommandError::Store(e)) if e.is_transient()),
+        "{failed:?}"
+    );
+    let next = gateway
+        .send_and_wait::<Pot>("p", water(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        next.version, 2,
+        "the failed command left no trace in the state"
+    );
+    test.faults().reject_next_appends(1);
+    let rejected = gateway
+        .send_and_wait::<Pot>("p", water(7), Metadata::default())
+        .await;
+    assert!(
+        matches!(&rejected, Err(CommandError::Store(_))),
+        "{rejected:?}"
+    );
+    let last = gateway
+        .send_and_wait::<Pot>("p", water(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(last.version, 3);
+}
+
+fn foreign_prune() -> nursery::store::NewEvent {
+    Codec::default()
+        .encode_event(&PotEvent::from(Pruned { leaves: 1 }), Metadata::default())
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn a_conflict_with_another_writer_is_decided_again_on_fresh_state() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    test.faults().interfere_next_appends(2, foreign_prune);
+    let outcome = gateway
+        .send_and_wait::<Pot>("p", water(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 4, "two foreign events, then this one");
+    let events = test
+        .store()
+        .read_stream(&StreamId::new("Pot", "p"), 1, u64::MAX, 10)
+        .await
+        .unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Planted", "Pruned", "Pruned", "Watered"]);
+}
+
+#[actix_rt::test]
+async fn conflicts_without_end_give_up_with_a_conflict_error() {
+    let test = start(RuntimeConfig {
+        max_conflict_retries: 2,
+        ..quick()
+    })
+    .await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    test.faults().interfere_next_appends(100, foreign_prune);
+    let outcome = gateway
+        .send_and_wait::<Pot>("p", water(1), Metadata::default())
+        .await;
+    assert!(
+        matches!(outcome, Err(CommandError::Conflict { attempts: 3 })),
+        "{outcome:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn subscribers_see_every_event_once_in_order_live_late_and_slow() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    let early = test.subscribe("early", 1, 64, Duration::ZERO).await;
+    let slow = test.subscribe("slow", 1, 1, Duration::from_millis(2)).await;
+    for pot in 0..10 {
+        let id = format!("p{pot}");
+        gateway
+            .send_and_wait::<Pot>(&id, plant(), Metadata::default())
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            gateway
+                .send_and_wait::<Pot>(&id, water(1), Metadata::default())
+                .await
+                .unwrap();
+        }
+    }
+    let late = test.subscribe("late", 1, 4, Duration::ZERO).await;
+    let from_middle = test.subscribe("middle", 31, 4, Duration::ZERO).await;
+    gateway
+        .send_and_wait::<Pot>("p0", water(1), Metadata::default())
+        .await
+        .unwrap();
+    test.settle().await.unwrap();
+    for recorder in [&early, &slow, &late] {
+        assert_eq!(
+            recorder.positions(),
+            (1..=51).collect::<Vec<_>>(),
+            "{}",
+            recorder.name()
+        );
+    }
+    assert_eq!(from_middle.positions(), (31..=51).collect::<Vec<_>>());
+}
+
+#[actix_rt::test]
+async fn a_repeated_command_id_is_answered_once() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let metadata = Metadata {
+        command_id: Some(Uuid::new_v4()),
+        ..Metadata::default()
+    };
+    let first = gateway
+        .send_and_wait::<Pot>("p", water(1), metadata.clone())
+        .await
+        .unwrap();
+    let again = gateway
+        .send_and_wait::<Pot>("p", water(1), metadata)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(test.store().head().await.unwrap(), 2);
+}
+
+#[actix_rt::test]
+async fn send_tells_its_callback_of_failure() {
+    let test = start(quick()).await;
+    let (told, mut outcome) = tokio::sync::mpsc::channel(1);
+    test.gateway().send::<Pot>(
+        "p",
+        water(1),
+        Metadata::default(),
+        Some(Box::new(move |result| {
+            let _ = told.try_send(matches!(
+                result,
+                Err(CommandError::Rejected(PotError::Empty))
+            ));
+        })),
+    );
+    let rejected = tokio::time::timeout(Duration::from_secs(5), outcome.recv())
+        .await
+        .unwrap();
+    assert_eq!(rejected, Some(true));
+}
+
+#[actix_rt::test]
+async fn idle_actors_are_passivated_and_come_back_on_their_next_command() {
+    tokio::time::pause();
+    let config = RuntimeConfig {
+        passivation: PassivationConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_live: 1_000,
+        },
+        ..quick()
+    };
+    let test = start(config).await;
+    let gateway = test.gateway();
+    for pot in 0..10 {
+        gateway
+            .send_and_wait::<Pot>(&format!("p{pot}"), plant(), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let registry = gateway.registry::<Pot>().unwrap();
+    assert_eq!(registry.live(), 10);
+    tokio::time::advance(Duration::from_secs(120)).await;
+    tokio::task::yield_now().await;
+    registry.passivate_idle();
+    assert_eq!(registry.live(), 0);
+    assert_eq!(registry.counters().passivated.load(Ordering::SeqCst), 10);
+    let back = gateway
+        .send_and_wait::<Pot>("p3", water(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(back.version, 2, "rehydrated from the store");
+}
+
+#[actix_rt::test]
+async fn live_actors_stay_within_their_bound() {
+    let config = RuntimeConfig {
+        passivation: PassivationConfig {
+            idle_timeout: Duration::from_secs(3600),
+            max_live: 20,
+        },
+        ..quick()
+    };
+    let test = start(config).await;
+    let gateway = test.gateway();
+    for pot in 0..100 {
+        gateway
+            .send_and_wait::<Pot>(&format!("p{pot}"), plant(), Metadata::default())
+            .await
+            .unwrap();
+        assert!(gateway.registry::<Pot>().unwrap().live() <= 21);
+    }
+    let registry = gateway.registry::<Pot>().unwrap();
+    assert!(registry.live() <= 20, "{} live", registry.live());
+    assert!(registry.counters().passivated.load(Ordering::SeqCst) >= 80);
+}
+
+#[actix_rt::test]
+async fn snapshots_are_taken_every_n_events() {
+    let config = RuntimeConfig {
+        snapshots: SnapshotPolicy { every: 10, keep: 2 },
+        ..quick()
+    };
+    let test = start(config).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    for _ in 0..24 {
+        gateway
+            .send_and_wait::<Pot>("p", water(1), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let stream = StreamId::new("Pot", "p");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while test.store().snapshot_count(&stream).await.unwrap() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshots");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        test.store()
+            .latest_snapshot(&stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence,
+        20
+    );
+}
