@@ -170,19 +170,15 @@ impl<A: Aggregate> AggregateActor<A> {
         let mut decided: Vec<(Pending<A>, u64, usize)> = Vec::new();
         let mut requests = Vec::new();
         while let Some(pending) = self.queue.pop_front() {
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let events = working.decide(&pending.command)?;
-                let mut next = working.clone();
-                next.apply_all(&events);
-                Ok::<_, A::Error>((events, next))
-            }));
+            // `working` is a copy taken once per flush: if `decide` or `apply` panics, the copy
+            // goes with the actor's restart and the real state was never touched.
+            let outcome = catch_unwind(AssertUnwindSafe(|| working.decide(&pending.command)));
             match outcome {
-                Ok(Ok((events, next))) if events.is_empty() => {
-                    let _ = next;
+                Ok(Ok(events)) if events.is_empty() => {
                     // Answered once the commands before it are durable: it saw their effects.
                     decided.push((pending, version, 0));
                 }
-                Ok(Ok((events, next))) => {
+                Ok(Ok(events)) => {
                     let request = match self.settings.repository.append_request(
                         &self.id,
                         version,
@@ -195,21 +191,19 @@ impl<A: Aggregate> AggregateActor<A> {
                             continue;
                         }
                     };
-                    working = next;
+                    if let Err(panic) =
+                        catch_unwind(AssertUnwindSafe(|| working.apply_all(&events)))
+                    {
+                        self.crash(pending, &*panic, decided, ctx);
+                        return;
+                    }
                     version += events.len() as u64;
                     decided.push((pending, version, events.len()));
                     requests.push(request);
                 }
                 Ok(Err(rejection)) => finish::<A>(pending, Err(CommandError::Rejected(rejection))),
                 Err(panic) => {
-                    let message = panic_message(&panic);
-                    warn!(aggregate = A::TYPE, id = %self.id, command = pending.command.name(), %message, "the aggregate panicked; restarting");
-                    finish::<A>(pending, Err(CommandError::Crashed(message)));
-                    // The others wait in the queue for the restarted actor.
-                    for (earlier, _, _) in decided.into_iter().rev() {
-                        self.queue.push_front(earlier);
-                    }
-                    ctx.stop();
+                    self.crash(pending, &*panic, decided, ctx);
                     return;
                 }
             }
@@ -233,6 +227,24 @@ impl<A: Aggregate> AggregateActor<A> {
         ctx.wait(append.into_actor(self).map(move |answer, actor, ctx| {
             actor.persisted(answer, decided, working, version, ctx);
         }));
+    }
+
+    /// A command made `decide` or `apply` panic: answer it, put the commands decided before it
+    /// back in the queue for the restarted actor, and stop so the supervisor restarts us.
+    fn crash(
+        &mut self,
+        pending: Pending<A>,
+        panic: &(dyn std::any::Any + Send),
+        decided: Vec<(Pending<A>, u64, usize)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let message = panic_message(panic);
+        warn!(aggregate = A::TYPE, id = %self.id, command = pending.command.name(), %message, "the aggregate panicked; restarting");
+        finish::<A>(pending, Err(CommandError::Crashed(message)));
+        for (earlier, _, _) in decided.into_iter().rev() {
+            self.queue.push_front(earlier);
+        }
+        ctx.stop();
     }
 
     fn persisted(
@@ -363,7 +375,7 @@ fn finish<A: Aggregate>(pending: Pending<A>, result: CommandResult<A>) {
     let _ = pending.reply.send(result);
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

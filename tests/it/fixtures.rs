@@ -123,6 +123,11 @@ impl Aggregate for Pot {
         match event {
             PotEvent::Planted(e) => self.species = Some(e.species.clone()),
             PotEvent::Watered(e) => self.water += u64::from(e.millilitres),
+            #[allow(
+                clippy::panic,
+                reason = "the supervision tests need an apply that panics"
+            )]
+            PotEvent::Pruned(e) if e.leaves == 666 => panic!("a cursed prune"),
             PotEvent::Pruned(e) => self.leaves_pruned += u64::from(e.leaves),
         }
     }

@@ -502,3 +502,52 @@ async fn snapshots_are_taken_every_n_events() {
         20
     );
 }
+
+#[actix_rt::test]
+async fn a_panic_amid_a_batch_fails_only_the_panicking_command() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let commands: Vec<_> = (0..21)
+        .map(|i| {
+            let gateway = gateway.clone();
+            let command = if i == 10 {
+                PotCommand::Prune { leaves: 666 }
+            } else {
+                water(1)
+            };
+            actix_rt::spawn(async move {
+                gateway
+                    .send_and_wait::<Pot>("p", command, Metadata::default())
+                    .await
+            })
+        })
+        .collect();
+    let mut crashed = 0;
+    let mut versions = Vec::new();
+    for command in commands {
+        match command.await.unwrap() {
+            Ok(outcome) => versions.push(outcome.version),
+            Err(CommandError::Crashed(message)) => {
+                assert!(message.contains("cursed"));
+                crashed += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(crashed, 1);
+    assert_eq!(versions, (2..=21).collect::<Vec<_>>());
+    let stored = test
+        .store()
+        .read_stream(&StreamId::new("Pot", "p"), 1, u64::MAX, 100)
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|e| e.event_type != "Pruned"),
+        "the panicking command wrote nothing"
+    );
+}
