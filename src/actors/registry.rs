@@ -151,7 +151,9 @@ impl<A: Aggregate> Registry<A> {
     /// Passivates every actor idle for longer than the timeout.
     pub fn passivate_idle(&self) {
         let idle_ms = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = self.now().saturating_sub(idle_ms);
+        let Some(cutoff) = self.now().checked_sub(idle_ms) else {
+            return; // nothing can have been idle that long yet
+        };
         let before = self.actors.len();
         self.actors
             .retain(|_, entry| entry.last_used.load(Ordering::Relaxed) > cutoff);

@@ -551,3 +551,29 @@ async fn a_panic_amid_a_batch_fails_only_the_panicking_command() {
         "the panicking command wrote nothing"
     );
 }
+
+#[actix_rt::test]
+async fn actors_used_in_the_first_moment_are_not_passivated_before_their_time() {
+    tokio::time::pause();
+    let config = RuntimeConfig {
+        passivation: PassivationConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_live: 1_000,
+        },
+        ..quick()
+    };
+    let test = start(config).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("early", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let registry = gateway.registry::<Pot>().unwrap();
+    registry.passivate_idle();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    registry.passivate_idle();
+    assert_eq!(registry.live(), 1, "30 s idle is not 60 s idle");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    registry.passivate_idle();
+    assert_eq!(registry.live(), 0);
+}

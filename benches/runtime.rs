@@ -1,0 +1,548 @@
+//! The runtime benchmark: commands through the gateway, actors, journal and store.
+//!
+//! Workload: 1,000 carts × 10 AddItem commands from 64 concurrent clients (one durable event
+//! per command), on SQLite and PostgreSQL; the hot case (64 clients on one aggregate); and in
+//! the same run the raw sqlx rates for the same rows (one row per transaction from 64 writers,
+//! and batched). Then memory per live idle actor, RSS while touching 1M carts with passivation
+//! on, and rehydration speed.
+//!
+//! Run: `cargo bench --bench runtime` (PostgreSQL on 127.0.0.1:5432 for its rows).
+//! `NURSERY_BENCH_SCALE` scales the counts (default 1.0).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark aborts on failure"
+)]
+#![allow(missing_docs, reason = "a benchmark binary")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nursery::actors::{PassivationConfig, Runtime, RuntimeConfig};
+use nursery::domain::{Aggregate, Command};
+use nursery::store::{
+    AppendRequest, Codec, EventStore, EventStoreExt, ExpectedVersion, MemoryStore, Metadata,
+    PostgresStore, Repository, SnapshotPolicy, SqliteStore,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, Executor, PgConnection, QueryBuilder};
+use uuid::Uuid;
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("NURSERY_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as usize).max(1)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemAdded {
+    pub product_id: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+}
+
+nursery::event_set! {
+    /// A bench cart's events.
+    pub enum BenchCartEvent { ItemAdded }
+}
+
+/// A cart shaped like the shop's: lines by product.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BenchCart {
+    lines: BTreeMap<String, u32>,
+}
+
+pub struct AddItem {
+    product_id: String,
+    quantity: u32,
+}
+
+impl Command for AddItem {
+    fn name(&self) -> &'static str {
+        "AddItem"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("too many items")]
+pub struct TooMany;
+
+impl Aggregate for BenchCart {
+    const TYPE: &'static str = "BenchCart";
+    type Command = AddItem;
+    type Event = BenchCartEvent;
+    type Error = TooMany;
+
+    fn decide(&self, command: &AddItem) -> Result<Vec<BenchCartEvent>, TooMany> {
+        if self.lines.values().sum::<u32>() > 1_000_000 {
+            return Err(TooMany);
+        }
+        Ok(vec![
+            ItemAdded {
+                product_id: command.product_id.clone(),
+                quantity: command.quantity,
+                unit_price_cents: 1000,
+            }
+            .into(),
+        ])
+    }
+
+    fn apply(&mut self, event: &BenchCartEvent) {
+        match event {
+            BenchCartEvent::ItemAdded(e) => {
+                *self.lines.entry(e.product_id.clone()).or_default() += e.quantity
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `clients` tasks; client c sends `per_cart` AddItem to each cart whose index is c mod clients
+/// (or to one cart in the hot case). Answers commands/s, p50, p99.
+async fn drive(
+    runtime: &Runtime,
+    tag: &str,
+    carts: usize,
+    per_cart: usize,
+    clients: usize,
+    hot: bool,
+) -> (f64, Duration, Duration) {
+    let gateway = runtime.gateway();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let gateway = gateway.clone();
+            let tag = tag.to_owned();
+            actix_rt::spawn(async move {
+                let mut latencies = Vec::new();
+                for cart in (client..carts).step_by(clients) {
+                    let id = if hot {
+                        format!("{tag}-hot")
+                    } else {
+                        format!("{tag}-{cart}")
+                    };
+                    for item in 0..per_cart {
+                        let sent = Instant::now();
+                        let command = AddItem {
+                            product_id: format!("plant-{}", item % 3),
+                            quantity: 1,
+                        };
+                        gateway
+                            .send_and_wait::<BenchCart>(&id, command, Metadata::default())
+                            .await
+                            .unwrap();
+                        latencies.push(sent.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    (
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    )
+}
+
+fn row(backend: &str, what: &str, rate: f64, p50: Option<Duration>, p99: Option<Duration>) {
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_owned(), |d| {
+            format!("{:.2}", d.as_secs_f64() * 1000.0)
+        })
+    };
+    println!(
+        "| {backend:<8} | {what:<46} | {rate:>10.0} | {:>8} | {:>8} |",
+        ms(p50),
+        ms(p99)
+    );
+}
+
+async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
+    let runtime = Runtime::builder(Arc::clone(&store))
+        .aggregate::<BenchCart>()
+        .start()
+        .await
+        .unwrap();
+    let (carts, per_cart, clients) = (scale(1_000), 10, 64);
+    let (rate, p50, p99) = drive(&runtime, "warm", 64, 2, clients, false).await;
+    let _ = (rate, p50, p99);
+    let (rate, p50, p99) = drive(&runtime, "carts", carts, per_cart, clients, false).await;
+    row(
+        backend,
+        &format!("{carts} carts x {per_cart} AddItem, {clients} clients"),
+        rate,
+        Some(p50),
+        Some(p99),
+    );
+    let (rate, p50, p99) = drive(&runtime, "hot", clients * scale(40), 1, clients, true).await;
+    row(
+        backend,
+        &format!("hot: {clients} clients on one cart"),
+        rate,
+        Some(p50),
+        Some(p99),
+    );
+}
+
+fn event_row(stream: &str, sequence: usize) -> (String, i64, Uuid, Vec<u8>) {
+    let payload = nursery::store::PayloadFormat::MessagePack
+        .encode(&ItemAdded {
+            product_id: "plant-1".into(),
+            quantity: 1,
+            unit_price_cents: 1000,
+        })
+        .unwrap();
+    (stream.to_owned(), sequence as i64, Uuid::new_v4(), payload)
+}
+
+async fn raw_sqlite(pool: sqlx::SqlitePool) {
+    pool.execute("CREATE TABLE raw_rt (pos INTEGER PRIMARY KEY, aggregate_id TEXT NOT NULL, sequence INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, payload BLOB NOT NULL, UNIQUE (aggregate_id, sequence))").await.unwrap();
+    let n = scale(2_000);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|w| {
+            let pool = pool.clone();
+            actix_rt::spawn(async move {
+                for i in (w..n).step_by(64) {
+                    let (stream, seq, id, payload) = event_row(&format!("s-{w}"), i);
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                    sqlx::query("INSERT INTO raw_rt (aggregate_id, sequence, event_id, payload) VALUES (?, ?, ?, ?)")
+                        .bind(stream).bind(seq).bind(id).bind(payload).execute(&mut *tx).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    row(
+        "sqlite",
+        "raw sqlx: 1 row per transaction, 64 writers",
+        n as f64 / start.elapsed().as_secs_f64(),
+        None,
+        None,
+    );
+    let rows = scale(100_000);
+    let start = Instant::now();
+    for chunk in 0..rows / 1000 {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let mut query =
+            QueryBuilder::new("INSERT INTO raw_rt (aggregate_id, sequence, event_id, payload) ");
+        query.push_values(0..1000, |mut b, i| {
+            let (stream, seq, id, payload) = event_row(&format!("b-{chunk}"), i);
+            b.push_bind(stream)
+                .push_bind(seq)
+                .push_bind(id)
+                .push_bind(payload);
+        });
+        query.build().execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    row(
+        "sqlite",
+        "raw sqlx: batched, 1000 rows per transaction",
+        rows as f64 / start.elapsed().as_secs_f64(),
+        None,
+        None,
+    );
+}
+
+async fn raw_postgres(pool: sqlx::PgPool) {
+    pool.execute("CREATE TABLE raw_rt (pos BIGSERIAL PRIMARY KEY, aggregate_id TEXT NOT NULL, sequence BIGINT NOT NULL, event_id UUID NOT NULL UNIQUE, payload BYTEA NOT NULL, UNIQUE (aggregate_id, sequence))").await.unwrap();
+    let n = scale(10_000);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|w| {
+            let pool = pool.clone();
+            actix_rt::spawn(async move {
+                for i in (w..n).step_by(64) {
+                    let (stream, seq, id, payload) = event_row(&format!("s-{w}"), i);
+                    let mut tx = pool.begin().await.unwrap();
+                    sqlx::query("INSERT INTO raw_rt (aggregate_id, sequence, event_id, payload) VALUES ($1, $2, $3, $4)")
+                        .bind(stream).bind(seq).bind(id).bind(payload).execute(&mut *tx).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    row(
+        "postgres",
+        "raw sqlx: 1 row per transaction, 64 writers",
+        n as f64 / start.elapsed().as_secs_f64(),
+        None,
+        None,
+    );
+    let rows = scale(100_000);
+    let start = Instant::now();
+    for chunk in 0..rows / 1000 {
+        let mut tx = pool.begin().await.unwrap();
+        let mut query =
+            QueryBuilder::new("INSERT INTO raw_rt (aggregate_id, sequence, event_id, payload) ");
+        query.push_values(0..1000, |mut b, i| {
+            let (stream, seq, id, payload) = event_row(&format!("b-{chunk}"), i);
+            b.push_bind(stream)
+                .push_bind(seq)
+                .push_bind(id)
+                .push_bind(payload);
+        });
+        query.build().execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    row(
+        "postgres",
+        "raw sqlx: batched, 1000 rows per transaction",
+        rows as f64 / start.elapsed().as_secs_f64(),
+        None,
+        None,
+    );
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn memory_rows() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let config = RuntimeConfig {
+        passivation: PassivationConfig {
+            idle_timeout: Duration::from_secs(3600),
+            max_live: usize::MAX,
+        },
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::builder(Arc::clone(&store))
+        .config(config)
+        .aggregate::<BenchCart>()
+        .start()
+        .await
+        .unwrap();
+    let registry = runtime.gateway().registry::<BenchCart>().unwrap();
+    let n = scale(100_000);
+    // Warm the allocator and the runtime first.
+    for i in 0..1_000 {
+        drop(registry.get(&format!("warm-{i}")));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_bytes();
+    let mut addrs = 0;
+    for i in 0..n {
+        let _ = registry.get(&format!("cart-{i:08}"));
+        addrs += 1;
+        if i % 10_000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Let every actor start and rehydrate (an empty stream), so it is live and idle.
+    while registry
+        .counters()
+        .live
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n + 1_000
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = rss_bytes();
+    println!(
+        "\nmemory: {} live idle cart actors (registry entry included): {:.0} bytes each",
+        addrs,
+        (after.saturating_sub(before)) as f64 / n as f64
+    );
+
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let config = RuntimeConfig {
+        passivation: PassivationConfig {
+            idle_timeout: Duration::from_secs(3600),
+            max_live: 10_000,
+        },
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::builder(store)
+        .config(config)
+        .aggregate::<BenchCart>()
+        .start()
+        .await
+        .unwrap();
+    let gateway = runtime.gateway();
+    let registry = gateway.registry::<BenchCart>().unwrap();
+    let total = scale(1_000_000);
+    let mut line = String::from("RSS while touching carts with passivation on (max 10k live):");
+    let tasks = 64;
+    let mut done = 0;
+    let mut checkpoints = vec![total / 10, total / 2, total];
+    checkpoints.dedup();
+    for checkpoint in checkpoints {
+        let from = done;
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let registry = Arc::clone(&registry);
+                actix_rt::spawn(async move {
+                    for i in (from + t..checkpoint).step_by(tasks) {
+                        let addr = registry.get(&format!("touch-{i:08}"));
+                        drop(addr);
+                        if i % 256 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        done = checkpoint;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        line.push_str(&format!(
+            " {}k: {} MiB;",
+            checkpoint / 1000,
+            rss_bytes() / (1 << 20)
+        ));
+    }
+    println!("{line} live now: {}", registry.live());
+}
+
+async fn rehydration_rows(backend: &str, store: Arc<dyn EventStore>) {
+    let codec = Codec::default();
+    let events = scale(10_000);
+    for chunk in 0..events.div_ceil(1000) {
+        let batch: Vec<_> = (0..1000.min(events - chunk * 1000))
+            .map(|i| {
+                codec
+                    .encode_event(
+                        &BenchCartEvent::from(ItemAdded {
+                            product_id: format!("plant-{}", i % 7),
+                            quantity: 1,
+                            unit_price_cents: 1000,
+                        }),
+                        Metadata::default(),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        store
+            .append(AppendRequest {
+                stream: nursery::store::StreamId::new("BenchCart", "long"),
+                expected: ExpectedVersion::Exact((chunk * 1000) as u64),
+                events: batch,
+            })
+            .await
+            .unwrap();
+    }
+    let plain =
+        Repository::<BenchCart>::new(Arc::clone(&store), codec.clone(), SnapshotPolicy::NEVER);
+    let _ = plain.load("long").await.unwrap();
+    let start = Instant::now();
+    let loaded = plain.load("long").await.unwrap();
+    let elapsed = start.elapsed();
+    println!(
+        "rehydration, {backend}: {} events folded without a snapshot in {:.1} ms = {:.0} events/s",
+        loaded.replayed,
+        elapsed.as_secs_f64() * 1000.0,
+        loaded.replayed as f64 / elapsed.as_secs_f64()
+    );
+    let snapshotting = Repository::<BenchCart>::new(
+        Arc::clone(&store),
+        codec,
+        SnapshotPolicy {
+            every: 100,
+            keep: 2,
+        },
+    );
+    snapshotting
+        .snapshot("long", &loaded.state, (events - 50) as u64)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let with_snapshot = snapshotting.load("long").await.unwrap();
+    println!(
+        "rehydration, {backend}: loaded from a snapshot plus {} events in {:.2} ms",
+        with_snapshot.replayed,
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// Whether a section runs: `NURSERY_BENCH_ONLY=memory,rehydration` picks sections
+/// (`commands`, `rehydration`, `memory`); unset runs all.
+fn section(name: &str) -> bool {
+    std::env::var("NURSERY_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|s| s.trim() == name))
+}
+
+fn main() {
+    actix_rt::System::new().block_on(async {
+        println!("Runtime benchmark: commands through gateway, actor, journal and store\n");
+        println!("| backend  | workload                                       | cmds/s     | p50 ms   | p99 ms   |");
+        println!("|----------|------------------------------------------------|------------|----------|----------|");
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let sqlite = SqliteStore::connect(&url).await.unwrap();
+        let raw = sqlite.writer_pool().clone();
+        if section("commands") {
+            runtime_rows("sqlite", Arc::new(sqlite.clone())).await;
+            raw_sqlite(raw).await;
+        }
+
+        let name = format!("nursery_rt_{}", Uuid::new_v4().simple());
+        let admin = PgConnection::connect(&format!("{PG_SERVER}/postgres")).await;
+        let mut pg_store = None;
+        if let Ok(mut admin) = admin {
+            admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+            let pg = PostgresStore::connect(&format!("{PG_SERVER}/{name}")).await.unwrap();
+            if section("commands") {
+                runtime_rows("postgres", Arc::new(pg.clone())).await;
+                raw_postgres(pg.pool().clone()).await;
+            }
+            pg_store = Some((admin, pg));
+        } else {
+            println!("(PostgreSQL is not answering: its rows are skipped)");
+        }
+
+        println!();
+        if section("rehydration") {
+            rehydration_rows("memory", Arc::new(MemoryStore::new())).await;
+            let dir2 = tempfile::tempdir().unwrap();
+            let url2 = format!("sqlite://{}", dir2.path().join("rehydrate.db").display());
+            rehydration_rows("sqlite", Arc::new(SqliteStore::connect(&url2).await.unwrap())).await;
+            if let Some((_, pg)) = &pg_store {
+                rehydration_rows("postgres", Arc::new(pg.clone())).await;
+            }
+        }
+        if section("memory") {
+            memory_rows().await;
+        }
+
+        if let Some((mut admin, pg)) = pg_store {
+            pg.pool().close().await;
+            admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.ok();
+        }
+    });
+}
