@@ -398,7 +398,7 @@ async fn memory_rows() {
     let mut line = String::from("RSS while touching carts with passivation on (max 10k live):");
     let tasks = 64;
     let mut done = 0;
-    let mut checkpoints = vec![total / 10, total / 2, total];
+    let mut checkpoints = vec![total / 10, total / 4, total / 2, total * 3 / 4, total];
     checkpoints.dedup();
     for checkpoint in checkpoints {
         let from = done;
@@ -422,9 +422,13 @@ async fn memory_rows() {
         done = checkpoint;
         tokio::time::sleep(Duration::from_millis(300)).await;
         line.push_str(&format!(
-            " {}k: {} MiB;",
+            " {}k: {} MiB ({} running);",
             checkpoint / 1000,
-            rss_bytes() / (1 << 20)
+            rss_bytes() / (1 << 20),
+            registry
+                .counters()
+                .live
+                .load(std::sync::atomic::Ordering::Relaxed)
         ));
     }
     println!("{line} live now: {}", registry.live());

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nursery::store::{
-    AppendRequest, EventStore, EventStoreExt, ExpectedVersion, MemoryStore, Metadata, NewEvent,
-    PayloadFormat, PostgresStore, SqliteStore, StreamId,
+    AppendRequest, EventStore, ExpectedVersion, MemoryStore, Metadata, NewEvent, PayloadFormat,
+    PostgresStore, SqliteStore, StreamId,
 };
 use sqlx::{Connection, Executor, PgConnection, PgPool, QueryBuilder, SqlitePool};
 use uuid::Uuid;
@@ -59,11 +59,14 @@ struct Workload {
     writers: usize,
     appends: usize,
     per_append: usize,
+    /// Requests per transaction, each for its own stream (the journal's group commit); 1 for
+    /// plain appends.
+    group: usize,
 }
 
 impl Workload {
     fn events(&self) -> usize {
-        self.writers * self.appends * self.per_append
+        self.writers * self.appends * self.per_append * self.group
     }
 }
 
@@ -94,12 +97,16 @@ async fn store_run(store: Arc<dyn EventStore>, workload: Workload, run: usize) -
     run_writers(workload, move |writer, i| {
         let store = Arc::clone(&store);
         async move {
-            let request = AppendRequest {
-                stream: StreamId::new("Cart", format!("bench-{run}-{writer}")),
-                expected: ExpectedVersion::Exact((i * workload.per_append) as u64),
-                events: (0..workload.per_append).map(|_| event()).collect(),
-            };
-            store.append(request).await.unwrap();
+            let batch: Vec<AppendRequest> = (0..workload.group)
+                .map(|g| AppendRequest {
+                    stream: StreamId::new("Cart", format!("bench-{run}-{writer}-{g}")),
+                    expected: ExpectedVersion::Exact((i * workload.per_append) as u64),
+                    events: (0..workload.per_append).map(|_| event()).collect(),
+                })
+                .collect();
+            for result in store.append_batch(&batch).await.unwrap() {
+                result.unwrap();
+            }
         }
     })
     .await
@@ -112,13 +119,15 @@ async fn raw_pg_run(pool: PgPool, workload: Workload, run: usize) -> Duration {
     run_writers(workload, move |writer, i| {
         let pool = pool.clone();
         async move {
-            let rows: Vec<NewEvent> = (0..workload.per_append).map(|_| event()).collect();
+            let rows: Vec<NewEvent> = (0..workload.per_append * workload.group)
+                .map(|_| event())
+                .collect();
             let mut tx = pool.begin().await.unwrap();
             let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
             query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
                 b.push_bind("Cart")
                     .push_bind(format!("bench-{run}-{writer}"))
-                    .push_bind((i * workload.per_append + k + 1) as i64)
+                    .push_bind((i * workload.per_append * workload.group + k + 1) as i64)
                     .push_bind(e.event_id)
                     .push_bind(e.event_type.as_str())
                     .push_bind(1i32)
@@ -139,13 +148,15 @@ async fn raw_sqlite_run(pool: SqlitePool, workload: Workload, run: usize) -> Dur
     run_writers(workload, move |writer, i| {
         let pool = pool.clone();
         async move {
-            let rows: Vec<NewEvent> = (0..workload.per_append).map(|_| event()).collect();
+            let rows: Vec<NewEvent> = (0..workload.per_append * workload.group)
+                .map(|_| event())
+                .collect();
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
             let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
             query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
                 b.push_bind("Cart")
                     .push_bind(format!("bench-{run}-{writer}"))
-                    .push_bind((i * workload.per_append + k + 1) as i64)
+                    .push_bind((i * workload.per_append * workload.group + k + 1) as i64)
                     .push_bind(e.event_id)
                     .push_bind(e.event_type.as_str())
                     .push_bind(1i64)
@@ -184,31 +195,19 @@ fn report(backend: &str, workload: Workload, store: Duration, raw: Option<Durati
 }
 
 fn workloads() -> Vec<Workload> {
+    let workload = |name, writers, appends, per_append, group| Workload {
+        name,
+        writers,
+        appends,
+        per_append,
+        group,
+    };
     vec![
-        Workload {
-            name: "1 writer, 1 event/append",
-            writers: 1,
-            appends: scale(2_000),
-            per_append: 1,
-        },
-        Workload {
-            name: "1 writer, 100 events/append",
-            writers: 1,
-            appends: scale(200),
-            per_append: 100,
-        },
-        Workload {
-            name: "16 writers, 1 event/append",
-            writers: 16,
-            appends: scale(250),
-            per_append: 1,
-        },
-        Workload {
-            name: "16 writers, 100 events/append",
-            writers: 16,
-            appends: scale(20),
-            per_append: 100,
-        },
+        workload("1 writer, 1 event/append", 1, scale(2_000), 1, 1),
+        workload("1 writer, 100 events/append", 1, scale(200), 100, 1),
+        workload("1 writer, 64 one-event appends/tx", 1, scale(200), 1, 64),
+        workload("16 writers, 1 event/append", 16, scale(250), 1, 1),
+        workload("16 writers, 100 events/append", 16, scale(20), 100, 1),
     ]
 }
 

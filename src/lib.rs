@@ -7,11 +7,12 @@
 //! - [`store`]: the event store behind one trait, [`store::EventStore`], with SQLite (the
 //!   embedded default), PostgreSQL and in-memory implementations, codecs, upcasters, snapshots.
 //! - [`actors`]: the actix runtime (aggregate actors, journal, broker, registry, gateway).
-//! - `projections`: read models and processors.
+//! - [`projections`]: read models as documents, checkpointed runners, rebuilds, dead letters.
 //! - `http`, [`config`], `main.rs`, [`testkit`]: the edges.
 
 pub mod actors;
 pub mod config;
 pub mod domain;
+pub mod projections;
 pub mod store;
 pub mod testkit;

@@ -53,6 +53,8 @@ pub struct CommandOutcome {
     /// The global position of the command's last event (for a command that recorded nothing:
     /// `None`).
     pub position: Option<u64>,
+    /// True when the command id had already been applied: nothing was written this time.
+    pub duplicate: bool,
 }
 
 /// The reply of one command.
@@ -90,6 +92,34 @@ pub struct ActorSettings<A: Aggregate> {
     pub counters: Arc<ActorCounters>,
 }
 
+/// How many command ids an actor remembers to answer a repeated command as already applied
+/// (the ids come from its events' metadata, so they survive restarts). Beyond it, the
+/// deterministic event ids make the store refuse the repeat.
+const RECENT_COMMANDS: usize = 16;
+
+/// What the decision on one command was, until its group is durable.
+enum Decision<A: Aggregate> {
+    /// It recorded `events` events (its request is in the group).
+    Write { pending: Pending<A>, events: usize },
+    /// It recorded nothing, at `version`.
+    Nothing { pending: Pending<A>, version: u64 },
+    /// The aggregate refused it.
+    Rejected {
+        pending: Pending<A>,
+        rejection: A::Error,
+    },
+}
+
+impl<A: Aggregate> Decision<A> {
+    fn into_pending(self) -> Pending<A> {
+        match self {
+            Self::Write { pending, .. }
+            | Self::Nothing { pending, .. }
+            | Self::Rejected { pending, .. } => pending,
+        }
+    }
+}
+
 struct Pending<A: Aggregate> {
     command: A::Command,
     metadata: Metadata,
@@ -107,6 +137,8 @@ pub struct AggregateActor<A: Aggregate> {
     ready: bool,
     queue: VecDeque<Pending<A>>,
     restarts: u32,
+    /// The latest command ids applied (from the events' metadata), newest last.
+    recent: VecDeque<Uuid>,
 }
 
 impl<A: Aggregate> AggregateActor<A> {
@@ -120,6 +152,7 @@ impl<A: Aggregate> AggregateActor<A> {
             ready: false,
             queue: VecDeque::new(),
             restarts: 0,
+            recent: VecDeque::new(),
         }
     }
 
@@ -141,6 +174,7 @@ impl<A: Aggregate> AggregateActor<A> {
             Ok(loaded) => {
                 actor.state = loaded.state;
                 actor.version = loaded.version;
+                actor.recent = loaded.recent_commands.into_iter().collect();
                 actor.ready = true;
                 debug!(aggregate = A::TYPE, id = %actor.id, version = actor.version, replayed = loaded.replayed, "rehydrated");
                 ctx.notify(Flush);
@@ -167,16 +201,30 @@ impl<A: Aggregate> AggregateActor<A> {
         }
         let mut working = self.state.clone();
         let mut version = self.version;
-        let mut decided: Vec<(Pending<A>, u64, usize)> = Vec::new();
+        let mut decided: Vec<Decision<A>> = Vec::new();
         let mut requests = Vec::new();
         while let Some(pending) = self.queue.pop_front() {
+            if let Some(id) = pending
+                .metadata
+                .command_id
+                .filter(|id| self.recent.contains(id))
+            {
+                // Already applied (a retry, or a saga's redelivered command): answer, change nothing.
+                let outcome = CommandOutcome {
+                    command_id: id,
+                    version,
+                    events: 0,
+                    position: None,
+                    duplicate: true,
+                };
+                finish::<A>(pending, Ok(outcome));
+                continue;
+            }
             // `working` is a copy taken once per flush: if `decide` or `apply` panics, the copy
             // goes with the actor's restart and the real state was never touched.
-            let outcome = catch_unwind(AssertUnwindSafe(|| working.decide(&pending.command)));
-            match outcome {
+            match catch_unwind(AssertUnwindSafe(|| working.decide(&pending.command))) {
                 Ok(Ok(events)) if events.is_empty() => {
-                    // Answered once the commands before it are durable: it saw their effects.
-                    decided.push((pending, version, 0));
+                    decided.push(Decision::Nothing { pending, version })
                 }
                 Ok(Ok(events)) => {
                     let request = match self.settings.repository.append_request(
@@ -198,10 +246,14 @@ impl<A: Aggregate> AggregateActor<A> {
                         return;
                     }
                     version += events.len() as u64;
-                    decided.push((pending, version, events.len()));
+                    decided.push(Decision::Write {
+                        pending,
+                        events: events.len(),
+                    });
                     requests.push(request);
                 }
-                Ok(Err(rejection)) => finish::<A>(pending, Err(CommandError::Rejected(rejection))),
+                // Answered after the append: the state it was refused on must be durable first.
+                Ok(Err(rejection)) => decided.push(Decision::Rejected { pending, rejection }),
                 Err(panic) => {
                     self.crash(pending, &*panic, decided, ctx);
                     return;
@@ -209,17 +261,27 @@ impl<A: Aggregate> AggregateActor<A> {
             }
         }
         if requests.is_empty() {
-            for (pending, version, _) in decided {
-                let command_id = command_id(&pending.metadata);
-                finish::<A>(
-                    pending,
-                    Ok(CommandOutcome {
-                        command_id,
-                        version,
-                        events: 0,
-                        position: None,
-                    }),
-                );
+            // Nothing to write: the state every decision saw is the durable one.
+            for decision in decided {
+                match decision {
+                    Decision::Nothing { pending, version } => {
+                        let outcome = CommandOutcome {
+                            command_id: command_id(&pending.metadata),
+                            version,
+                            events: 0,
+                            position: None,
+                            duplicate: false,
+                        };
+                        finish::<A>(pending, Ok(outcome));
+                    }
+                    Decision::Rejected { pending, rejection } => {
+                        finish::<A>(pending, Err(CommandError::Rejected(rejection)))
+                    }
+                    Decision::Write { pending, .. } => finish::<A>(
+                        pending,
+                        Err(StoreError::Internal("a write without a request".into()).into()),
+                    ),
+                }
             }
             return;
         }
@@ -235,22 +297,23 @@ impl<A: Aggregate> AggregateActor<A> {
         &mut self,
         pending: Pending<A>,
         panic: &(dyn std::any::Any + Send),
-        decided: Vec<(Pending<A>, u64, usize)>,
+        decided: Vec<Decision<A>>,
         ctx: &mut Context<Self>,
     ) {
         let message = panic_message(panic);
         warn!(aggregate = A::TYPE, id = %self.id, command = pending.command.name(), %message, "the aggregate panicked; restarting");
         finish::<A>(pending, Err(CommandError::Crashed(message)));
-        for (earlier, _, _) in decided.into_iter().rev() {
-            self.queue.push_front(earlier);
+        for decision in decided.into_iter().rev() {
+            self.queue.push_front(decision.into_pending());
         }
         ctx.stop();
     }
 
+    /// Answers the commands of a group once the journal answered its append.
     fn persisted(
         &mut self,
         answer: Result<Result<Vec<AppendResult>, Arc<StoreError>>, MailboxError>,
-        decided: Vec<(Pending<A>, u64, usize)>,
+        decided: Vec<Decision<A>>,
         working: A,
         after: u64,
         ctx: &mut Context<Self>,
@@ -259,15 +322,21 @@ impl<A: Aggregate> AggregateActor<A> {
             Ok(Ok(results)) => results,
             Ok(Err(error)) => {
                 warn!(aggregate = A::TYPE, id = %self.id, %error, "append failed; restarting");
-                for (pending, _, _) in decided {
-                    finish::<A>(pending, Err(CommandError::Store(Arc::clone(&error))));
+                for decision in decided {
+                    finish::<A>(
+                        decision.into_pending(),
+                        Err(CommandError::Store(Arc::clone(&error))),
+                    );
                 }
                 ctx.stop();
                 return;
             }
             Err(error) => {
-                for (pending, _, _) in decided {
-                    finish::<A>(pending, Err(CommandError::Unavailable(error.to_string())));
+                for decision in decided {
+                    finish::<A>(
+                        decision.into_pending(),
+                        Err(CommandError::Unavailable(error.to_string())),
+                    );
                 }
                 ctx.stop();
                 return;
@@ -275,84 +344,124 @@ impl<A: Aggregate> AggregateActor<A> {
         };
         let mut results = results.into_iter();
         let mut last_position = None;
-        let mut conflicted = false;
-        for (mut pending, version, events) in decided {
-            if events == 0 {
-                if conflicted {
-                    pending.attempts += 1;
-                    self.queue.push_back(pending);
-                } else {
-                    let command_id = command_id(&pending.metadata);
-                    finish::<A>(
-                        pending,
-                        Ok(CommandOutcome {
-                            command_id,
-                            version,
-                            events: 0,
-                            position: last_position,
-                        }),
-                    );
-                }
-                continue;
-            }
-            match results.next() {
-                Some(Ok(appended)) => {
-                    last_position = appended.last_position;
-                    let command_id = command_id(&pending.metadata);
-                    finish::<A>(
-                        pending,
-                        Ok(CommandOutcome {
-                            command_id,
+        let mut version = self.version;
+        let mut broken = false;
+        for decision in decided {
+            match decision {
+                Decision::Write { pending, events } => match results.next() {
+                    Some(Ok(appended)) if !broken => {
+                        last_position = appended.last_position;
+                        version = appended.version;
+                        if let Some(id) = pending.metadata.command_id {
+                            self.remember(id);
+                        }
+                        let outcome = CommandOutcome {
+                            command_id: command_id(&pending.metadata),
                             version: appended.version,
                             events,
                             position: appended.last_position,
-                        }),
-                    );
-                }
-                Some(Err(StoreError::ConcurrencyConflict { .. })) => {
-                    conflicted = true;
-                    pending.attempts += 1;
-                    if pending.attempts > self.settings.max_conflict_retries {
-                        let attempts = pending.attempts;
-                        finish::<A>(pending, Err(CommandError::Conflict { attempts }));
-                    } else {
-                        self.queue.push_back(pending);
+                            duplicate: false,
+                        };
+                        finish::<A>(pending, Ok(outcome));
                     }
+                    Some(Err(StoreError::DuplicateEvent { .. })) => {
+                        // Its events (ids derived from its command id) are already stored: it
+                        // was applied before. Answer so; what follows is decided again.
+                        broken = true;
+                        let outcome = CommandOutcome {
+                            command_id: command_id(&pending.metadata),
+                            version,
+                            events: 0,
+                            position: None,
+                            duplicate: true,
+                        };
+                        finish::<A>(pending, Ok(outcome));
+                    }
+                    Some(Ok(_)) | Some(Err(StoreError::ConcurrencyConflict { .. })) => {
+                        broken = true;
+                        self.retry_later(pending);
+                    }
+                    Some(Err(error)) => {
+                        broken = true;
+                        finish::<A>(pending, Err(error.into()));
+                    }
+                    None => {
+                        broken = true;
+                        finish::<A>(
+                            pending,
+                            Err(StoreError::Internal(
+                                "the journal answered too few results".into(),
+                            )
+                            .into()),
+                        );
+                    }
+                },
+                Decision::Nothing { pending, version } if !broken => {
+                    let outcome = CommandOutcome {
+                        command_id: command_id(&pending.metadata),
+                        version,
+                        events: 0,
+                        position: last_position,
+                        duplicate: false,
+                    };
+                    finish::<A>(pending, Ok(outcome));
                 }
-                Some(Err(error)) => {
-                    conflicted = true;
-                    finish::<A>(pending, Err(error.into()));
+                Decision::Rejected { pending, rejection } if !broken => {
+                    finish::<A>(pending, Err(CommandError::Rejected(rejection)))
                 }
-                None => {
-                    conflicted = true;
-                    finish::<A>(
-                        pending,
-                        Err(
-                            StoreError::Internal("the journal answered too few results".into())
-                                .into(),
-                        ),
-                    );
+                // Decided on a state that was not written: decide again on the fresh one.
+                Decision::Nothing { pending, .. } | Decision::Rejected { pending, .. } => {
+                    self.retry_later(pending)
                 }
             }
         }
-        if conflicted {
+        let before = self.version;
+        if broken {
             metrics::counter!("nursery_aggregate_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
+            self.snapshot_if_due(before, version, None);
             self.rehydrate(ctx);
             return;
         }
         self.restarts = 0;
-        let before = self.version;
         self.state = working;
         self.version = after;
-        let repository = self.settings.repository.clone();
-        if repository.policy().due(before, after) {
-            let (id, state) = (Arc::clone(&self.id), self.state.clone());
-            actix::spawn(
-                async move { repository.snapshot_if_due(&id, &state, before, after).await },
-            );
-        }
+        self.snapshot_if_due(before, after, Some(self.state.clone()));
         ctx.notify(Flush);
+    }
+
+    /// Requeues a command decided on a stale state, or fails it once it has tried enough.
+    fn retry_later(&mut self, mut pending: Pending<A>) {
+        pending.attempts += 1;
+        if pending.attempts > self.settings.max_conflict_retries {
+            let attempts = pending.attempts;
+            finish::<A>(pending, Err(CommandError::Conflict { attempts }));
+        } else {
+            self.queue.push_back(pending);
+        }
+    }
+
+    /// Snapshots in the background when the version crossed a snapshot point. Without a state
+    /// (a group only partly written) the snapshot is taken at the next full flush instead.
+    fn snapshot_if_due(&self, before: u64, after: u64, state: Option<A>) {
+        let repository = self.settings.repository.clone();
+        let Some(state) = state.filter(|_| repository.policy().due(before, after)) else {
+            return;
+        };
+        let id = Arc::clone(&self.id);
+        actix::spawn(async move { repository.snapshot_if_due(&id, &state, before, after).await });
+    }
+
+    fn remember(&mut self, command_id: Uuid) {
+        if self.recent.len() >= RECENT_COMMANDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(command_id);
+    }
+
+    /// The version the actor's state is at (for tests and diagnostics).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 }
 
@@ -443,12 +552,5 @@ impl<A: Aggregate> Handler<Flush> for AggregateActor<A> {
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush(ctx);
-    }
-}
-
-impl<A: Aggregate> AggregateActor<A> {
-    /// The version the actor's state is at (for tests and diagnostics).
-    pub fn version(&self) -> u64 {
-        self.version
     }
 }

@@ -95,6 +95,16 @@ struct Subscriber {
     sink: mpsc::Sender<EventBatch>,
     live: bool,
     generation: u64,
+    /// The catch-up task, aborted when the subscription is replaced, ended or caught up anew.
+    task: Option<actix_rt::task::JoinHandle<()>>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// The broker actor.
@@ -134,11 +144,15 @@ impl Broker {
         );
         let name = name.to_owned();
         let broker = ctx.address();
-        actix::spawn(async move {
+        if let Some(previous) = subscriber.task.take() {
+            previous.abort();
+        }
+        subscriber.task = Some(actix::spawn(async move {
             let mut next = from;
             loop {
                 let page = match store.read_all(next, PAGE_SIZE).await {
                     Ok(page) => page,
+                    Err(_) if sink.is_closed() => return,
                     Err(error) => {
                         warn!(%error, subscriber = %name, "catch-up read failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -161,7 +175,7 @@ impl Broker {
                     next,
                 })
                 .await;
-        });
+        }));
     }
 
     fn head_moved(&mut self, head: u64, ctx: &mut Context<Self>) {
@@ -259,6 +273,7 @@ impl Handler<Subscribe> for Broker {
                 sink: subscribe.sink,
                 live: false,
                 generation: 0,
+                task: None,
             },
         );
         self.catch_up(&subscribe.name, ctx);
@@ -282,6 +297,11 @@ impl Handler<CaughtUp> for Broker {
         };
         if subscriber.generation != caught_up.generation {
             return; // a stale report of a replaced subscription
+        }
+        subscriber.task = None;
+        if subscriber.sink.is_closed() {
+            self.subscribers.remove(&caught_up.name);
+            return;
         }
         subscriber.next = subscriber.next.max(caught_up.next);
         if subscriber.next > self.head {

@@ -121,6 +121,9 @@ where
     }
 }
 
+/// How many answers the gateway remembers by command id.
+const ANSWERED_BOUND: usize = 100_000;
+
 /// Called with the outcome of a fire-and-forget command.
 pub type Callback<A> = Box<dyn FnOnce(CommandResult<A>) + Send>;
 
@@ -163,9 +166,6 @@ impl CommandGateway {
         metadata.correlation_id.get_or_insert(command_id);
         let span = info_span!("command", aggregate = A::TYPE, id, command = Command::name(&command), %command_id);
         async move {
-            if let Some(outcome) = self.answered(command_id) {
-                return Ok(outcome);
-            }
             let mut envelope = CommandEnvelope { aggregate_type: A::TYPE, aggregate_id: id, command: &command, metadata: &mut metadata };
             for interceptor in &self.inner.interceptors {
                 if let Err(refusal) = interceptor.intercept(&mut envelope) {
@@ -173,21 +173,30 @@ impl CommandGateway {
                     return Err(CommandError::Refused(refusal));
                 }
             }
+            // After the interceptors: a known command id answers only a caller they let through.
+            if let Some(outcome) = self.answered(command_id) {
+                return Ok(CommandOutcome { duplicate: true, ..outcome });
+            }
             let registry = self.registry::<A>()?;
             let (reply, answer) = oneshot::channel();
             let mut message = Execute::<A> { command, metadata, reply };
             let mut tries = 0;
-            loop {
-                let addr = registry.get(id);
-                match addr.try_send(message) {
-                    Ok(()) => break,
+            let _slot = loop {
+                let live = registry.get(id);
+                // Wait for a slot: the actor holds at most `mailbox_capacity` commands.
+                let slot = Arc::clone(&live.slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| CommandError::Unavailable("the actor's slots are closed".into()))?;
+                match live.addr.try_send(message) {
+                    Ok(()) => break slot,
                     Err(SendError::Full(full)) => {
-                        // Wait for room in the mailbox: bounded, never dropped.
-                        addr.send(full).await.map_err(|e| CommandError::Unavailable(e.to_string()))?;
-                        break;
+                        // actix's per-sender bound: the slot already bounds us, so wait here.
+                        live.addr.send(full).await.map_err(|e| CommandError::Unavailable(e.to_string()))?;
+                        break slot;
                     }
                     Err(SendError::Closed(back)) => {
-                        registry.forget(id, &addr);
+                        registry.forget(id, &live.addr);
                         tries += 1;
                         if tries > 3 {
                             return Err(CommandError::Unavailable("the aggregate's actor keeps closing".into()));
@@ -195,7 +204,7 @@ impl CommandGateway {
                         message = back;
                     }
                 }
-            }
+            };
             let result = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(CommandError::Unavailable("the actor stopped without answering".into())),
@@ -248,13 +257,22 @@ impl CommandGateway {
 
     fn remember(&self, outcome: CommandOutcome) {
         let now = tokio::time::Instant::now();
-        self.inner
-            .answered
-            .insert(outcome.command_id, (now, outcome));
-        // Keep the cache bounded: sweep expired answers now and then.
-        if self.inner.answered.len() % 4_096 == 0 {
+        let answered = &self.inner.answered;
+        // Bounded: past the bound, expired answers go, then the oldest half. This cache is only
+        // a fast path; actors recognise applied command ids from their events, and the store
+        // refuses their events twice (event ids derive from the command id).
+        if answered.len() >= ANSWERED_BOUND {
             let ttl = self.inner.dedupe_ttl;
-            self.inner.answered.retain(|_, (at, _)| at.elapsed() < ttl);
+            answered.retain(|_, (at, _)| at.elapsed() < ttl);
+            if answered.len() >= ANSWERED_BOUND {
+                let mut ages: Vec<tokio::time::Instant> =
+                    answered.iter().map(|e| e.value().0).collect();
+                let middle = ages.len() / 2;
+                let (_, cutoff, _) = ages.select_nth_unstable(middle);
+                let cutoff = *cutoff;
+                answered.retain(|_, (at, _)| *at > cutoff);
+            }
         }
+        answered.insert(outcome.command_id, (now, outcome));
     }
 }

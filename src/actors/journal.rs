@@ -74,19 +74,25 @@ impl Journal {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.flush_now(ctx, false);
+    }
+
+    /// Commits the next batch; `lingered` when the batch already waited `max_wait` to grow.
+    fn flush_now(&mut self, ctx: &mut Context<Self>, lingered: bool) {
         if self.in_flight || self.queue.is_empty() {
             return;
         }
         let queued_events: usize = self.queue.iter().map(|(g, _)| events_in(g)).sum();
-        if !self.config.max_wait.is_zero()
-            && !self.lingering
-            && queued_events < self.config.max_batch_events
-        {
-            self.lingering = true;
-            ctx.run_later(self.config.max_wait, |journal, ctx| {
-                journal.lingering = false;
-                journal.flush(ctx);
-            });
+        let linger =
+            !self.config.max_wait.is_zero() && queued_events < self.config.max_batch_events;
+        if linger && !lingered {
+            if !self.lingering {
+                self.lingering = true;
+                ctx.run_later(self.config.max_wait, |journal, ctx| {
+                    journal.lingering = false;
+                    journal.flush_now(ctx, true);
+                });
+            }
             return;
         }
         let mut take = 0;

@@ -31,7 +31,7 @@ pub use gateway::{
     Validation,
 };
 pub use journal::{Append, Journal, JournalConfig};
-pub use registry::{ActorCounters, PassivationConfig, Registry};
+pub use registry::{ActorCounters, Live, PassivationConfig, Registry};
 pub use supervision::SupervisionPolicy;
 
 use crate::domain::Aggregate;

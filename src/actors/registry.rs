@@ -17,6 +17,7 @@ use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
+use tokio::sync::Semaphore;
 
 use super::aggregate_actor::{ActorSettings, AggregateActor};
 use crate::domain::Aggregate;
@@ -55,6 +56,24 @@ pub struct ActorCounters {
 struct Entry<A: Aggregate> {
     addr: Addr<AggregateActor<A>>,
     last_used: AtomicU64,
+    /// One permit per command the actor may hold (its mailbox bound): the gateway takes one
+    /// before sending and gives it back with the answer. actix's own bound is per sender, and
+    /// every caller holds its own sender, so it bounds nothing here.
+    slots: Arc<Semaphore>,
+}
+
+impl<A: Aggregate> Entry<A> {
+    fn busy(&self, capacity: usize) -> bool {
+        self.slots.available_permits() < capacity
+    }
+}
+
+/// A live actor's address and its command slots.
+pub struct Live<A: Aggregate> {
+    /// The actor.
+    pub addr: Addr<AggregateActor<A>>,
+    /// Take one before sending a command; keep it until the answer.
+    pub slots: Arc<Semaphore>,
 }
 
 /// The live actors of aggregate type `A`.
@@ -99,38 +118,58 @@ impl<A: Aggregate> Registry<A> {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The address of the actor of `id`, started if it is not live.
-    pub fn get(&self, id: &str) -> Addr<AggregateActor<A>> {
+    /// The actor of `id` and its command slots, started if it is not live.
+    pub fn get(&self, id: &str) -> Live<A> {
         let now = self.now();
         if let Some(entry) = self.actors.get(id) {
             if entry.addr.connected() {
                 entry.last_used.store(now, Ordering::Relaxed);
-                return entry.addr.clone();
+                return Live {
+                    addr: entry.addr.clone(),
+                    slots: Arc::clone(&entry.slots),
+                };
             }
         }
-        let addr = match self.actors.entry(Arc::from(id)) {
-            MapEntry::Occupied(entry) if entry.get().addr.connected() => entry.get().addr.clone(),
+        let live = match self.actors.entry(Arc::from(id)) {
+            MapEntry::Occupied(entry) if entry.get().addr.connected() => Live {
+                addr: entry.get().addr.clone(),
+                slots: Arc::clone(&entry.get().slots),
+            },
             MapEntry::Occupied(mut entry) => {
-                let addr = self.start(entry.key());
-                entry.insert(Entry {
-                    addr: addr.clone(),
-                    last_used: AtomicU64::new(now),
-                });
-                addr
+                let fresh = self.entry(entry.key(), now);
+                let live = Live {
+                    addr: fresh.addr.clone(),
+                    slots: Arc::clone(&fresh.slots),
+                };
+                entry.insert(fresh);
+                live
             }
             MapEntry::Vacant(entry) => {
-                let addr = self.start(entry.key());
-                entry.insert(Entry {
-                    addr: addr.clone(),
-                    last_used: AtomicU64::new(now),
-                });
-                addr
+                let fresh = self.entry(entry.key(), now);
+                let live = Live {
+                    addr: fresh.addr.clone(),
+                    slots: Arc::clone(&fresh.slots),
+                };
+                entry.insert(fresh);
+                live
             }
         };
         if self.actors.len() > self.config.max_live {
             self.evict_least_recently_used();
         }
-        addr
+        live
+    }
+
+    fn entry(&self, id: &Arc<str>, now: u64) -> Entry<A> {
+        Entry {
+            addr: self.start(id),
+            last_used: AtomicU64::new(now),
+            slots: Arc::new(Semaphore::new(self.capacity())),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.settings.mailbox_capacity.max(1)
     }
 
     /// Forgets `addr` as the actor of `id` (it was found closed).
@@ -154,31 +193,39 @@ impl<A: Aggregate> Registry<A> {
         let Some(cutoff) = self.now().checked_sub(idle_ms) else {
             return; // nothing can have been idle that long yet
         };
+        let capacity = self.capacity();
         let before = self.actors.len();
-        self.actors
-            .retain(|_, entry| entry.last_used.load(Ordering::Relaxed) > cutoff);
+        self.actors.retain(|_, entry| {
+            entry.last_used.load(Ordering::Relaxed) > cutoff || entry.busy(capacity)
+        });
         self.count_passivated(before);
     }
 
-    /// Drops the least recently used tenth beyond the bound (amortised: one scan per many
-    /// inserts).
+    /// Drops the least recently used actors beyond the bound, and a tenth more so the scan is
+    /// amortised over many inserts. Exactly that many, oldest first, never one with commands in
+    /// flight.
     fn evict_least_recently_used(&self) {
+        let capacity = self.capacity();
         let excess = self.actors.len().saturating_sub(self.config.max_live);
         let evict = excess + self.config.max_live / 10;
-        let mut ages: Vec<u64> = self
-            .actors
-            .iter()
-            .map(|e| e.last_used.load(Ordering::Relaxed))
-            .collect();
-        if evict == 0 || ages.is_empty() {
+        if evict == 0 {
             return;
         }
-        let nth = evict.min(ages.len()) - 1;
-        let (_, cutoff, _) = ages.select_nth_unstable(nth);
-        let cutoff = *cutoff;
+        let mut idle: Vec<(u64, Arc<str>)> = self
+            .actors
+            .iter()
+            .filter(|e| !e.busy(capacity))
+            .map(|e| (e.last_used.load(Ordering::Relaxed), Arc::clone(e.key())))
+            .collect();
+        let evict = evict.min(idle.len());
+        if evict == 0 {
+            return;
+        }
+        idle.select_nth_unstable(evict - 1);
         let before = self.actors.len();
-        self.actors
-            .retain(|_, entry| entry.last_used.load(Ordering::Relaxed) > cutoff);
+        for (_, id) in idle.into_iter().take(evict) {
+            self.actors.remove_if(&id, |_, entry| !entry.busy(capacity));
+        }
         self.count_passivated(before);
     }
 

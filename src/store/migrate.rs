@@ -8,22 +8,36 @@ use std::borrow::Cow;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-/// The event store's migrations for SQLite.
+/// The migrations for SQLite: the event store, then the processors' tables.
 pub fn sqlite_migrator() -> Migrator {
-    migrator(&[(
-        1,
-        "event store",
-        include_str!("../../migrations/sqlite/0001_event_store.sql"),
-    )])
+    migrator(&[
+        (
+            1,
+            "event store",
+            include_str!("../../migrations/sqlite/0001_event_store.sql"),
+        ),
+        (
+            2,
+            "processors",
+            include_str!("../../migrations/sqlite/0002_processors.sql"),
+        ),
+    ])
 }
 
-/// The event store's migrations for PostgreSQL.
+/// The migrations for PostgreSQL: the event store, then the processors' tables.
 pub fn postgres_migrator() -> Migrator {
-    migrator(&[(
-        1,
-        "event store",
-        include_str!("../../migrations/postgres/0001_event_store.sql"),
-    )])
+    migrator(&[
+        (
+            1,
+            "event store",
+            include_str!("../../migrations/postgres/0001_event_store.sql"),
+        ),
+        (
+            2,
+            "processors",
+            include_str!("../../migrations/postgres/0002_processors.sql"),
+        ),
+    ])
 }
 
 fn migrator(steps: &[(i64, &'static str, &'static str)]) -> Migrator {

@@ -26,7 +26,7 @@ mod plan;
 mod postgres;
 pub mod repository;
 mod sqlite;
-mod types;
+pub(crate) mod types;
 
 use std::sync::Arc;
 

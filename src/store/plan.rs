@@ -79,17 +79,33 @@ pub(crate) fn plan<'a>(
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::with_capacity(batch.iter().map(|r| r.events.len()).sum());
     let mut next_position = head + 1;
+    // Once a request for a stream fails, later requests for it in the batch fail too: they were
+    // decided on the assumption that the failed one would be written.
+    let mut broken: HashSet<StreamId> = HashSet::new();
     for request in batch {
+        let actual = versions.get(&request.stream).copied().unwrap_or(0);
+        if broken.contains(&request.stream) {
+            results.push(Err(StoreError::ConcurrencyConflict {
+                stream: request.stream.clone(),
+                expected: request.expected,
+                actual,
+            }));
+            continue;
+        }
         if let Err(error) = validate(request) {
+            broken.insert(request.stream.clone());
             results.push(Err(error));
             continue;
         }
-        let actual = versions.get(&request.stream).copied().unwrap_or(0);
         if let Some(answer) = retry_answer(request, &stored) {
+            if answer.is_err() {
+                broken.insert(request.stream.clone());
+            }
             results.push(answer);
             continue;
         }
         if !request.expected.matches(actual) {
+            broken.insert(request.stream.clone());
             results.push(Err(StoreError::ConcurrencyConflict {
                 stream: request.stream.clone(),
                 expected: request.expected,

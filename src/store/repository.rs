@@ -4,12 +4,15 @@
 //!
 //! Must not touch: actors (the aggregate actor drives a repository), projections, HTTP.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use chrono::Utc;
 use futures_util::StreamExt;
 use tracing::{instrument, warn};
+use uuid::Uuid;
 
 use super::{
     AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata, Snapshot,
@@ -54,7 +57,13 @@ pub struct Loaded<A> {
     pub version: u64,
     /// How many events were folded on top of the snapshot (or from scratch).
     pub replayed: u64,
+    /// The command ids of the latest events folded (up to 16, oldest first), so a repeated
+    /// command is recognised after a restart.
+    pub recent_commands: Vec<Uuid>,
 }
+
+/// How many recent command ids [`Loaded`] keeps.
+const RECENT_COMMANDS: usize = 16;
 
 /// Loads and saves aggregates of type `A`.
 pub struct Repository<A> {
@@ -138,11 +147,30 @@ impl<A: Aggregate> Repository<A> {
             None => (A::default(), 0),
         };
         let mut replayed = 0;
+        let mut recent: VecDeque<Uuid> = VecDeque::with_capacity(RECENT_COMMANDS);
         let mut events = stream_events(self.store.as_ref(), &stream, version + 1);
         while let Some(record) = events.next().await {
             let record = record?;
             let event = self.codec.decode_event::<A::Event>(&record)?;
-            state.apply(&event);
+            // A panic in `apply` while loading becomes an error, so the actor's supervisor
+            // restarts it with backoff instead of the task vanishing.
+            if catch_unwind(AssertUnwindSafe(|| state.apply(&event))).is_err() {
+                return Err(StoreError::Corrupt {
+                    stream: stream.clone(),
+                    sequence: record.sequence,
+                    reason: "applying the event panicked".into(),
+                });
+            }
+            if let Some(id) = record
+                .metadata
+                .command_id
+                .filter(|id| recent.back() != Some(id))
+            {
+                if recent.len() == RECENT_COMMANDS {
+                    recent.pop_front();
+                }
+                recent.push_back(id);
+            }
             version = record.sequence;
             replayed += 1;
         }
@@ -150,10 +178,13 @@ impl<A: Aggregate> Repository<A> {
             state,
             version,
             replayed,
+            recent_commands: recent.into(),
         })
     }
 
-    /// Encodes `events` as one append to aggregate `id` at `expected` version.
+    /// Encodes `events` as one append to aggregate `id` at `expected` version. With a command
+    /// id in `metadata`, event ids derive from it (`UUIDv5(command id, index)`), so the same
+    /// command applied twice is refused by the store as a duplicate.
     pub fn append_request(
         &self,
         id: &str,
@@ -161,9 +192,15 @@ impl<A: Aggregate> Repository<A> {
         events: &[A::Event],
         metadata: &Metadata,
     ) -> Result<AppendRequest, StoreError> {
-        let events = events
-            .iter()
-            .map(|event| self.codec.encode_event(event, metadata.clone()))
+        let events = (0u32..)
+            .zip(events)
+            .map(|(index, event)| match metadata.command_id {
+                Some(command) => {
+                    let id = Uuid::new_v5(&command, &index.to_be_bytes());
+                    self.codec.encode_event_with_id(event, metadata.clone(), id)
+                }
+                None => self.codec.encode_event(event, metadata.clone()),
+            })
             .collect::<Result<_, _>>()?;
         Ok(AppendRequest {
             stream: Self::stream(id),

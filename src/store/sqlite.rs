@@ -31,6 +31,9 @@ use super::{
 /// SQLite allows 32,766 bound parameters per statement; keep well inside it.
 const MAX_PARAMS: usize = 30_000;
 
+/// SQLite allows 500 terms in one compound SELECT; the version read uses one per stream.
+const MAX_COMPOUND_STREAMS: usize = 400;
+
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
      event_type, payload_revision, payload_format, recorded_at, metadata, payload";
 
@@ -327,7 +330,8 @@ async fn read_current(
     let mut versions = HashMap::with_capacity(streams.len());
     let mut stored = HashMap::new();
     let mut head = 0;
-    let stream_chunks: Vec<&[&StreamId]> = streams.chunks(MAX_PARAMS / 4).collect();
+    // One UNION ALL term per stream: stay under SQLite's 500 terms per compound SELECT.
+    let stream_chunks: Vec<&[&StreamId]> = streams.chunks(MAX_COMPOUND_STREAMS).collect();
     let id_chunks: Vec<&[Uuid]> = ids.chunks(MAX_PARAMS / 2).collect();
     for chunk in 0..stream_chunks.len().max(id_chunks.len()).max(1) {
         let streams = stream_chunks.get(chunk).copied().unwrap_or_default();

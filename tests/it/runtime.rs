@@ -388,7 +388,78 @@ async fn a_repeated_command_id_is_answered_once() {
         .send_and_wait::<Pot>("p", water(1), metadata)
         .await
         .unwrap();
-    assert_eq!(first, again);
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(
+        (again.command_id, again.version),
+        (first.command_id, first.version)
+    );
+    assert_eq!(test.store().head().await.unwrap(), 2);
+}
+
+#[actix_rt::test]
+async fn a_command_applied_before_a_restart_is_not_applied_again() {
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let metadata = Metadata {
+        command_id: Some(Uuid::new_v4()),
+        ..Metadata::default()
+    };
+    {
+        let before = TestRuntime::start_on(Arc::clone(&store), |b| b.aggregate::<Pot>())
+            .await
+            .unwrap();
+        before
+            .gateway()
+            .send_and_wait::<Pot>("p", plant(), Metadata::default())
+            .await
+            .unwrap();
+        before
+            .gateway()
+            .send_and_wait::<Pot>("p", water(1), metadata.clone())
+            .await
+            .unwrap();
+    }
+    let after = TestRuntime::start_on(Arc::clone(&store), |b| b.aggregate::<Pot>())
+        .await
+        .unwrap();
+    let again = after
+        .gateway()
+        .send_and_wait::<Pot>("p", water(1), metadata)
+        .await
+        .unwrap();
+    assert!(
+        again.duplicate,
+        "the restarted actor knows the command from its events"
+    );
+    assert_eq!(store.head().await.unwrap(), 2);
+}
+
+#[actix_rt::test]
+async fn concurrent_sends_of_one_command_id_apply_it_once() {
+    let test = start(quick()).await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let metadata = Metadata {
+        command_id: Some(Uuid::new_v4()),
+        ..Metadata::default()
+    };
+    let sends: Vec<_> = (0..10)
+        .map(|_| {
+            let (gateway, metadata) = (gateway.clone(), metadata.clone());
+            actix_rt::spawn(
+                async move { gateway.send_and_wait::<Pot>("p", water(1), metadata).await },
+            )
+        })
+        .collect();
+    let mut applied = 0;
+    for send in sends {
+        if !send.await.unwrap().unwrap().duplicate {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
     assert_eq!(test.store().head().await.unwrap(), 2);
 }
 

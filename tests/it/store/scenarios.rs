@@ -887,3 +887,43 @@ pub async fn a_tracking_reader_never_skips_under_concurrent_writers(store: Store
     }
     assert_eq!(store.head().await.unwrap(), 400);
 }
+
+pub async fn a_failed_request_fails_the_later_requests_of_its_stream_in_the_batch(store: Store) {
+    let stream = pot("stock");
+    append_n(&store, &stream, 0, 5).await;
+    // Another writer moved the stream to 6; this batch's first request expected 5, its second
+    // was decided after it (expecting 6): it must not be written on its own.
+    append_n(&store, &stream, 5, 1).await;
+    let batch = vec![
+        request(&stream, ExpectedVersion::Exact(5), vec![pruned(1)]),
+        request(&stream, ExpectedVersion::Exact(6), vec![pruned(2)]),
+        request(&pot("other"), ExpectedVersion::Exact(0), vec![pruned(3)]),
+    ];
+    let results = store.append_batch(&batch).await.unwrap();
+    assert!(matches!(
+        results[0],
+        Err(StoreError::ConcurrencyConflict { actual: 6, .. })
+    ));
+    assert!(
+        matches!(results[1], Err(StoreError::ConcurrencyConflict { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok());
+    assert_eq!(store.stream_version(&stream).await.unwrap(), 6);
+}
+
+pub async fn a_batch_of_a_thousand_streams_commits(store: Store) {
+    let batch: Vec<AppendRequest> = (0..1_000)
+        .map(|i| {
+            request(
+                &pot(&format!("many-{i}")),
+                ExpectedVersion::Exact(0),
+                vec![pruned(i)],
+            )
+        })
+        .collect();
+    let results = store.append_batch(&batch).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(store.head().await.unwrap(), 1_000);
+}

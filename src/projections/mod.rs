@@ -1,0 +1,18 @@
+//! Projections: read models kept as JSON documents, each updated with its checkpoint in one
+//! transaction, rebuildable from position 0 while the old generation serves, with dead letters
+//! for events they cannot handle.
+//!
+//! Must not touch: HTTP. Knows the store and the runtime's broker.
+
+mod memory_read_store;
+mod read_store;
+mod runner;
+mod sql_read_store;
+
+pub use memory_read_store::MemoryReadStore;
+pub use read_store::{Commit, DeadLetter, NewDeadLetter, ReadStore};
+pub use runner::{
+    ApplyContext, Documents, Lagging, ProcessorConfig, ProcessorState, ProcessorStatus, Projection,
+    ProjectionHandle, start_projection,
+};
+pub use sql_read_store::{PostgresReadStore, SqliteReadStore};

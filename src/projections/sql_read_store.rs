@@ -1,0 +1,521 @@
+//! The read store on SQLite and on PostgreSQL: the same tables (`migrations/*/0002`), in the
+//! same database as the events.
+//!
+//! SQLite commits go through the event store's single writer connection, so projections and
+//! appends never meet `SQLITE_BUSY`; PostgreSQL uses the pool.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+use super::read_store::{Commit, DeadLetter, ReadStore, like_prefix};
+use crate::store::{PostgresStore, SqliteStore, StoreError, StreamId};
+
+/// Projection state in the SQLite file of a [`SqliteStore`].
+#[derive(Clone)]
+pub struct SqliteReadStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteReadStore {
+    /// The read store beside `store`'s events (its migrations have run).
+    pub fn new(store: &SqliteStore) -> Self {
+        Self {
+            writer: store.writer_pool().clone(),
+            reader: store.reader_pool().clone(),
+        }
+    }
+}
+
+/// Projection state in the PostgreSQL database of a [`PostgresStore`].
+#[derive(Clone)]
+pub struct PostgresReadStore {
+    pool: PgPool,
+}
+
+impl PostgresReadStore {
+    /// The read store beside `store`'s events (its migrations have run).
+    pub fn new(store: &PostgresStore) -> Self {
+        Self {
+            pool: store.pool().clone(),
+        }
+    }
+}
+
+fn json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Internal(format!("a stored document is not JSON: {e}")))
+}
+
+fn gen_i64(generation: u32) -> i64 {
+    i64::from(generation)
+}
+
+fn pos(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reading a dead letter from either backend's row.
+trait SqlRow {
+    fn dead_letter(&self) -> Result<DeadLetter, StoreError>;
+}
+
+impl SqlRow for sqlx::sqlite::SqliteRow {
+    fn dead_letter(&self) -> Result<DeadLetter, StoreError> {
+        Ok(DeadLetter {
+            id: self.try_get("id")?,
+            processor: self.try_get("processor")?,
+            position: u64::try_from(self.try_get::<i64, _>("position")?).unwrap_or(0),
+            stream: StreamId::new(
+                self.try_get::<String, _>("aggregate_type")?,
+                self.try_get::<String, _>("aggregate_id")?,
+            ),
+            sequence: u64::try_from(self.try_get::<i64, _>("sequence")?).unwrap_or(0),
+            event_type: self.try_get("event_type")?,
+            error: self.try_get("error")?,
+            attempts: u32::try_from(self.try_get::<i64, _>("attempts")?).unwrap_or(0),
+            parked: self.try_get::<i64, _>("parked")? != 0,
+            parked_at: crate::store::types::from_micros(self.try_get("parked_at")?),
+        })
+    }
+}
+
+impl SqlRow for sqlx::postgres::PgRow {
+    fn dead_letter(&self) -> Result<DeadLetter, StoreError> {
+        Ok(DeadLetter {
+            id: self.try_get("id")?,
+            processor: self.try_get("processor")?,
+            position: u64::try_from(self.try_get::<i64, _>("position")?).unwrap_or(0),
+            stream: StreamId::new(
+                self.try_get::<String, _>("aggregate_type")?,
+                self.try_get::<String, _>("aggregate_id")?,
+            ),
+            sequence: u64::try_from(self.try_get::<i64, _>("sequence")?).unwrap_or(0),
+            event_type: self.try_get("event_type")?,
+            error: self.try_get("error")?,
+            attempts: u32::try_from(self.try_get::<i32, _>("attempts")?).unwrap_or(0),
+            parked: self.try_get("parked")?,
+            parked_at: crate::store::types::from_micros(self.try_get("parked_at")?),
+        })
+    }
+}
+
+const DEAD_LETTER_COLUMNS: &str = "id, processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, parked_at";
+
+#[async_trait]
+impl ReadStore for SqliteReadStore {
+    async fn active_generation(&self, name: &str) -> Result<u32, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO processors (name, active_generation) VALUES (?, 1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let generation: i64 =
+            sqlx::query_scalar("SELECT active_generation FROM processors WHERE name = ?")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(u32::try_from(generation).unwrap_or(1))
+    }
+
+    async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM checkpoints WHERE name = ? AND generation = ?",
+        )
+        .bind(name)
+        .bind(gen_i64(generation))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(position.and_then(|p| u64::try_from(p).ok()).unwrap_or(0))
+    }
+
+    async fn load(
+        &self,
+        name: &str,
+        generation: u32,
+        keys: &[String],
+    ) -> Result<HashMap<String, Value>, StoreError> {
+        let mut documents = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(10_000) {
+            let mut query =
+                QueryBuilder::new("SELECT key, body FROM documents WHERE projection = ");
+            query
+                .push_bind(name)
+                .push(" AND generation = ")
+                .push_bind(gen_i64(generation))
+                .push(" AND key IN (");
+            let mut values = query.separated(", ");
+            for key in chunk {
+                values.push_bind(key.as_str());
+            }
+            query.push(")");
+            // Through the writer: the projection reads what it wrote itself, never a stale snapshot.
+            for row in query.build().fetch_all(&self.writer).await? {
+                let body: String = row.try_get("body")?;
+                documents.insert(row.try_get("key")?, json(&body)?);
+            }
+        }
+        Ok(documents)
+    }
+
+    async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let generation = gen_i64(commit.generation);
+        for (key, body) in &commit.writes {
+            match body {
+                Some(body) => {
+                    sqlx::query("INSERT INTO documents (projection, generation, key, body) VALUES (?, ?, ?, ?) \
+                                 ON CONFLICT (projection, generation, key) DO UPDATE SET body = excluded.body")
+                        .bind(commit.name)
+                        .bind(generation)
+                        .bind(key.as_str())
+                        .bind(body.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "DELETE FROM documents WHERE projection = ? AND generation = ? AND key = ?",
+                    )
+                    .bind(commit.name)
+                    .bind(generation)
+                    .bind(key.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        sqlx::query("INSERT INTO checkpoints (name, generation, position, updated_at) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (name, generation) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at")
+            .bind(commit.name)
+            .bind(generation)
+            .bind(pos(commit.position))
+            .bind(Utc::now().timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        let now = Utc::now().timestamp_micros();
+        for letter in &commit.park {
+            sqlx::query("INSERT INTO dead_letters (processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, parked_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (processor, position) DO NOTHING")
+                .bind(commit.name)
+                .bind(pos(letter.position))
+                .bind(letter.stream.aggregate_type.as_str())
+                .bind(letter.stream.aggregate_id.as_str())
+                .bind(pos(letter.sequence))
+                .bind(letter.event_type.as_str())
+                .bind(letter.error.as_str())
+                .bind(i64::from(letter.attempts))
+                .bind(i64::from(letter.parked))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for id in &commit.resolve {
+            sqlx::query("DELETE FROM dead_letters WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if commit.fail_before_commit {
+            tx.rollback().await?;
+            return Err(StoreError::Internal(
+                "crash point: failed before commit".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar(
+            "SELECT d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+             WHERE d.projection = ? AND d.key = ?",
+        )
+        .bind(name)
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await?;
+        body.map(|b| json(&b)).transpose()
+    }
+
+    async fn scan(
+        &self,
+        name: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.key, d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+             WHERE d.projection = ? AND d.key LIKE ? ESCAPE '\\' ORDER BY d.key LIMIT ?",
+        )
+        .bind(name)
+        .bind(like_prefix(prefix))
+        .bind(pos(limit as u64))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get("body")?;
+                Ok((row.try_get("key")?, json(&body)?))
+            })
+            .collect()
+    }
+
+    async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO processors (name, active_generation) VALUES (?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET active_generation = excluded.active_generation")
+            .bind(name)
+            .bind(gen_i64(generation))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM documents WHERE projection = ? AND generation <> ?")
+            .bind(name)
+            .bind(gen_i64(generation))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = ? AND generation <> ?")
+            .bind(name)
+            .bind(gen_i64(generation))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn discard(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM documents WHERE projection = ? AND generation = ?")
+            .bind(name)
+            .bind(gen_i64(generation))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = ? AND generation = ?")
+            .bind(name)
+            .bind(gen_i64(generation))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, processor: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE processor = ? ORDER BY position"
+        ))
+        .bind(processor)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(SqlRow::dead_letter).collect()
+    }
+}
+
+#[async_trait]
+impl ReadStore for PostgresReadStore {
+    async fn active_generation(&self, name: &str) -> Result<u32, StoreError> {
+        sqlx::query("INSERT INTO processors (name, active_generation) VALUES ($1, 1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        let generation: i32 =
+            sqlx::query_scalar("SELECT active_generation FROM processors WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u32::try_from(generation).unwrap_or(1))
+    }
+
+    async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM checkpoints WHERE name = $1 AND generation = $2",
+        )
+        .bind(name)
+        .bind(i32::try_from(generation).unwrap_or(i32::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(position.and_then(|p| u64::try_from(p).ok()).unwrap_or(0))
+    }
+
+    async fn load(
+        &self,
+        name: &str,
+        generation: u32,
+        keys: &[String],
+    ) -> Result<HashMap<String, Value>, StoreError> {
+        let rows = sqlx::query("SELECT key, body::text AS body FROM documents WHERE projection = $1 AND generation = $2 AND key = ANY($3)")
+            .bind(name)
+            .bind(i32::try_from(generation).unwrap_or(i32::MAX))
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get("body")?;
+                Ok((row.try_get("key")?, json(&body)?))
+            })
+            .collect()
+    }
+
+    async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        let generation = i32::try_from(commit.generation).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        let (puts, deletes): (Vec<_>, Vec<_>) =
+            commit.writes.iter().partition(|(_, body)| body.is_some());
+        if !puts.is_empty() {
+            let keys: Vec<&str> = puts.iter().map(|(k, _)| k.as_str()).collect();
+            let bodies: Vec<String> = puts
+                .iter()
+                .filter_map(|(_, b)| b.as_ref().map(Value::to_string))
+                .collect();
+            sqlx::query("INSERT INTO documents (projection, generation, key, body) \
+                         SELECT $1, $2, k, b::jsonb FROM unnest($3::text[], $4::text[]) AS u(k, b) \
+                         ON CONFLICT (projection, generation, key) DO UPDATE SET body = EXCLUDED.body")
+                .bind(commit.name)
+                .bind(generation)
+                .bind(&keys)
+                .bind(&bodies)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !deletes.is_empty() {
+            let keys: Vec<&str> = deletes.iter().map(|(k, _)| k.as_str()).collect();
+            sqlx::query(
+                "DELETE FROM documents WHERE projection = $1 AND generation = $2 AND key = ANY($3)",
+            )
+            .bind(commit.name)
+            .bind(generation)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("INSERT INTO checkpoints (name, generation, position, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (name, generation) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at")
+            .bind(commit.name)
+            .bind(generation)
+            .bind(pos(commit.position))
+            .bind(Utc::now().timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        let now = Utc::now().timestamp_micros();
+        for letter in &commit.park {
+            sqlx::query("INSERT INTO dead_letters (processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, parked_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (processor, position) DO NOTHING")
+                .bind(commit.name)
+                .bind(pos(letter.position))
+                .bind(letter.stream.aggregate_type.as_str())
+                .bind(letter.stream.aggregate_id.as_str())
+                .bind(pos(letter.sequence))
+                .bind(letter.event_type.as_str())
+                .bind(letter.error.as_str())
+                .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+                .bind(letter.parked)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !commit.resolve.is_empty() {
+            sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
+                .bind(&commit.resolve)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if commit.fail_before_commit {
+            tx.rollback().await?;
+            return Err(StoreError::Internal(
+                "crash point: failed before commit".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar(
+            "SELECT d.body::text FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+             WHERE d.projection = $1 AND d.key = $2",
+        )
+        .bind(name)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        body.map(|b| json(&b)).transpose()
+    }
+
+    async fn scan(
+        &self,
+        name: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.key, d.body::text AS body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+             WHERE d.projection = $1 AND d.key LIKE $2 ESCAPE '\\' ORDER BY d.key LIMIT $3",
+        )
+        .bind(name)
+        .bind(like_prefix(prefix))
+        .bind(pos(limit as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get("body")?;
+                Ok((row.try_get("key")?, json(&body)?))
+            })
+            .collect()
+    }
+
+    async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO processors (name, active_generation) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET active_generation = EXCLUDED.active_generation")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM documents WHERE projection = $1 AND generation <> $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1 AND generation <> $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn discard(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM documents WHERE projection = $1 AND generation = $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1 AND generation = $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, processor: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE processor = $1 ORDER BY position"
+        ))
+        .bind(processor)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(SqlRow::dead_letter).collect()
+    }
+}
