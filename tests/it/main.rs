@@ -14,6 +14,7 @@
 mod fixtures;
 mod golden;
 mod layout;
+mod projections;
 mod runtime;
 mod store;
 mod support;

@@ -92,3 +92,43 @@ pub async fn postgres() -> Backend {
         _guard: Box::new(db),
     }
 }
+
+/// An event store with its read store beside it.
+pub struct ReadBackend {
+    pub store: Arc<dyn EventStore>,
+    pub url: String,
+    pub read: Arc<dyn nursery::projections::ReadStore>,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+pub async fn read_memory() -> ReadBackend {
+    ReadBackend {
+        url: "memory://".into(),
+        store: Arc::new(MemoryStore::new()),
+        read: Arc::new(nursery::projections::MemoryReadStore::new()),
+        _guard: Box::new(()),
+    }
+}
+
+pub async fn read_sqlite() -> ReadBackend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("events.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    ReadBackend {
+        url,
+        read: Arc::new(nursery::projections::SqliteReadStore::new(&store)),
+        store: Arc::new(store),
+        _guard: Box::new(dir),
+    }
+}
+
+pub async fn read_postgres() -> ReadBackend {
+    let db = FreshPg::new().await;
+    let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    ReadBackend {
+        url: db.url.clone(),
+        read: Arc::new(nursery::projections::PostgresReadStore::new(&store)),
+        store: Arc::clone(&store) as Arc<dyn EventStore>,
+        _guard: Box::new(db),
+    }
+}
