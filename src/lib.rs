@@ -11,6 +11,7 @@
 //! - `http`, [`config`], `main.rs`, [`testkit`]: the edges.
 
 pub mod actors;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod projections;

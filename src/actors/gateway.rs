@@ -166,12 +166,10 @@ impl CommandGateway {
         metadata.correlation_id.get_or_insert(command_id);
         let span = info_span!("command", aggregate = A::TYPE, id, command = Command::name(&command), %command_id);
         async move {
-            let mut envelope = CommandEnvelope { aggregate_type: A::TYPE, aggregate_id: id, command: &command, metadata: &mut metadata };
-            for interceptor in &self.inner.interceptors {
-                if let Err(refusal) = interceptor.intercept(&mut envelope) {
-                    metrics::counter!("nursery_commands_total", "aggregate" => A::TYPE, "command" => Command::name(&command), "outcome" => "refused").increment(1);
-                    return Err(CommandError::Refused(refusal));
-                }
+            // The envelope borrows the command: it must be gone before the first `.await`.
+            if let Err(refusal) = self.intercept::<A>(id, &command, &mut metadata) {
+                metrics::counter!("nursery_commands_total", "aggregate" => A::TYPE, "command" => Command::name(&command), "outcome" => "refused").increment(1);
+                return Err(CommandError::Refused(refusal));
             }
             // After the interceptors: a known command id answers only a caller they let through.
             if let Some(outcome) = self.answered(command_id) {
@@ -248,6 +246,24 @@ impl CommandGateway {
             .ok_or_else(|| {
                 CommandError::Unavailable(format!("aggregate type {} is not registered", A::TYPE))
             })
+    }
+
+    fn intercept<A: Aggregate>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: &mut Metadata,
+    ) -> Result<(), Refusal> {
+        let mut envelope = CommandEnvelope {
+            aggregate_type: A::TYPE,
+            aggregate_id: id,
+            command,
+            metadata,
+        };
+        for interceptor in &self.inner.interceptors {
+            interceptor.intercept(&mut envelope)?;
+        }
+        Ok(())
     }
 
     fn answered(&self, command_id: Uuid) -> Option<CommandOutcome> {

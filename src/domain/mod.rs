@@ -6,6 +6,8 @@
 
 mod aggregate;
 mod event;
+mod saga;
 
 pub use aggregate::{Aggregate, Command};
 pub use event::{EventSet, PayloadDecoder};
+pub use saga::{Association, Deadline, Routing, Saga, Send as SagaSend, Step};

@@ -7,6 +7,7 @@
 mod memory_read_store;
 mod read_store;
 mod runner;
+mod saga;
 mod sql_read_store;
 
 pub use memory_read_store::MemoryReadStore;
@@ -15,4 +16,5 @@ pub use runner::{
     ApplyContext, Documents, Lagging, ProcessorConfig, ProcessorState, ProcessorStatus, Projection,
     ProjectionHandle, start_projection,
 };
+pub use saga::{DispatchError, SagaConfig, SagaDecoder, SagaDispatcher, SagaHandle, start_saga};
 pub use sql_read_store::{PostgresReadStore, SqliteReadStore};

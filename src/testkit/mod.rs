@@ -5,6 +5,8 @@
 //!   runtime at all (Axon's `AggregateTestFixture`).
 //! - [`FaultyStore`]: an event store wrapper that fails, rejects or interferes with the next N
 //!   appends (Akka's `PersistenceTestKit`).
+//! - [`SagaFixture`]: given events, when an event or when time elapses (a virtual clock),
+//!   expect commands and deadlines (Axon's `SagaTestFixture`).
 //! - [`TestRuntime`]: the whole runtime in-process on the in-memory store, with subscribers
 //!   that record what they saw and `settle()` to wait until they reached the head.
 //!
@@ -16,7 +18,9 @@
 mod faulty_store;
 mod fixture;
 mod harness;
+mod saga_fixture;
 
 pub use faulty_store::FaultyStore;
 pub use fixture::{AggregateFixture, Then};
 pub use harness::{Recorder, TestRuntime};
+pub use saga_fixture::{SagaFixture, SagaThen};

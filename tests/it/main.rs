@@ -16,5 +16,6 @@ mod golden;
 mod layout;
 mod projections;
 mod runtime;
+mod sagas;
 mod store;
 mod support;

@@ -1,0 +1,675 @@
+//! The saga manager: runs one saga type over the event stream. It routes each event to the
+//! saga's instances by association value, keeps instances, associations, deadlines and the
+//! commands still to send (an outbox) as documents of the read store, written with the
+//! checkpoint in one transaction, and then sends the commands through the gateway.
+//!
+//! # Guarantees
+//! - Each event reaches the saga once in effect: the instances' new state and the checkpoint
+//!   commit together; a redelivered event at or below the checkpoint is dropped.
+//! - A command is sent at least once and applied at most once: it waits in the outbox until the
+//!   gateway answered, and its id derives from (saga, event or deadline, index), so a resend
+//!   after a crash is recognised by the aggregate as already applied.
+//! - A deadline fires at most once: firing it, its step and its removal commit together. It
+//!   fires late, not never: due deadlines are found by scanning on each tick, after downtime too.
+//!   One manager per saga type runs at a time (one process; issue 7 adds a claim).
+//! - Compensation: each command may carry the command that undoes it; a step that compensates
+//!   sends the recorded ones, newest first.
+//!
+//! Must not touch: HTTP; concrete sagas live in the domain.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::read_store::{Commit, NewDeadLetter, ReadStore};
+use super::runner::{ProcessorState, ProcessorStatus};
+use crate::actors::{Broker, EventBatch, Subscribe};
+use crate::clock::Clock;
+use crate::domain::{Association, Routing, Saga, Step};
+use crate::store::{Metadata, RecordedEvent, StoreError};
+
+/// Turns a stored event into the saga's event type (`None`: not one it listens to).
+pub type SagaDecoder<S> = Arc<dyn Fn(&RecordedEvent) -> Option<<S as Saga>::Event> + Send + Sync>;
+
+/// Why a command could not be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DispatchError {
+    /// Try again later (the store or the runtime is unavailable).
+    Transient(String),
+    /// Do not retry (the aggregate refused it; the saga hears of it through events, if any).
+    Permanent(String),
+}
+
+/// Sends a saga's command with its metadata (the command id is set).
+pub type SagaDispatcher<S> = Arc<
+    dyn Fn(<S as Saga>::Command, Metadata) -> BoxFuture<'static, Result<(), DispatchError>>
+        + Send
+        + Sync,
+>;
+
+/// Settings of a saga manager.
+#[derive(Clone, Debug)]
+pub struct SagaConfig {
+    /// How often due deadlines and unsent commands are looked for.
+    pub tick: Duration,
+    /// Batches the broker may queue for the manager.
+    pub channel_capacity: usize,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(250),
+            channel_capacity: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Instance<S: Saga> {
+    id: String,
+    state: S,
+    associations: Vec<Association>,
+    compensations: Vec<S::Command>,
+    deadlines: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DeadlineDoc {
+    saga: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Outgoing<S: Saga> {
+    command: S::Command,
+    metadata: Metadata,
+}
+
+/// A running saga manager.
+#[derive(Clone)]
+pub struct SagaHandle {
+    name: String,
+    status: watch::Receiver<ProcessorStatus>,
+    tick: mpsc::Sender<()>,
+}
+
+impl SagaHandle {
+    /// The manager's processor name (`saga:<NAME>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its status now.
+    pub fn status(&self) -> ProcessorStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until it has handled `position`, up to `timeout`.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, super::Lagging> {
+        let mut status = self.status.clone();
+        match tokio::time::timeout(timeout, status.wait_for(|s| s.position >= position)).await {
+            Ok(Ok(status)) => Ok(status.position),
+            _ => Err(super::Lagging {
+                name: self.name.clone(),
+                position: self.status().position,
+                wanted: position,
+            }),
+        }
+    }
+
+    /// Looks for due deadlines and unsent commands now, rather than at the next tick (tests
+    /// that move a manual clock call this).
+    pub async fn tick(&self) {
+        let _ = self.tick.send(()).await;
+    }
+}
+
+struct Manager<S: Saga> {
+    name: String,
+    read: Arc<dyn ReadStore>,
+    decode: SagaDecoder<S>,
+    dispatch: SagaDispatcher<S>,
+    clock: Arc<dyn Clock>,
+    generation: u32,
+    position: u64,
+    status: watch::Sender<ProcessorStatus>,
+}
+
+/// Starts the manager of saga `S`.
+pub async fn start_saga<S: Saga>(
+    read: Arc<dyn ReadStore>,
+    broker: actix::Addr<Broker>,
+    decode: SagaDecoder<S>,
+    dispatch: SagaDispatcher<S>,
+    clock: Arc<dyn Clock>,
+    config: SagaConfig,
+) -> Result<SagaHandle, StoreError> {
+    let name = format!("saga:{}", S::NAME);
+    let generation = read.active_generation(&name).await?;
+    let position = read.checkpoint(&name, generation).await?;
+    let (status, watcher) = watch::channel(ProcessorStatus {
+        name: name.clone(),
+        position,
+        generation,
+        state: ProcessorState::Running,
+        rebuild_position: None,
+        last_error: None,
+    });
+    let (sink, events) = mpsc::channel::<EventBatch>(config.channel_capacity.max(1));
+    broker
+        .send(Subscribe {
+            name: name.clone(),
+            from: position + 1,
+            sink,
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("the broker is gone: {e}")))?;
+    let (tick, ticks) = mpsc::channel(4);
+    let manager = Manager::<S> {
+        name: name.clone(),
+        read,
+        decode,
+        dispatch,
+        clock,
+        generation,
+        position,
+        status,
+    };
+    actix_rt::spawn(manager.run(events, ticks, config.tick));
+    Ok(SagaHandle {
+        name,
+        status: watcher,
+        tick,
+    })
+}
+
+fn instance_key(id: &str) -> String {
+    format!("i:{id}")
+}
+
+fn association_key(association: &Association) -> String {
+    format!("a:{}={}", association.key, association.value)
+}
+
+fn deadline_key(due_micros: i64, saga: &str, name: &str) -> String {
+    format!("d:{:020}:{saga}:{name}", due_micros.max(0))
+}
+
+fn outbox_key(command_id: Uuid) -> String {
+    format!("o:{command_id}")
+}
+
+impl<S: Saga> Manager<S> {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<EventBatch>,
+        mut ticks: mpsc::Receiver<()>,
+        every: Duration,
+    ) {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                batch = events.recv() => match batch {
+                    Some(batch) => {
+                        for event in batch.iter() {
+                            if event.position > self.position {
+                                self.on_event(event).await;
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                tick = ticks.recv() => {
+                    if tick.is_none() {
+                        break;
+                    }
+                    self.on_tick().await;
+                }
+                _ = timer.tick() => self.on_tick().await,
+            }
+        }
+        self.status
+            .send_modify(|s| s.state = ProcessorState::Stopped);
+    }
+
+    async fn on_tick(&mut self) {
+        if let Err(error) = self.fire_due_deadlines().await {
+            warn!(saga = %self.name, %error, "firing deadlines failed; retrying at the next tick");
+        }
+        self.send_outbox().await;
+    }
+
+    /// Handles one event; on a store failure, retries until it is handled (the checkpoint never
+    /// passes an event that was not).
+    async fn on_event(&mut self, event: &RecordedEvent) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.handle_event(event).await {
+                Ok(()) => break,
+                Err(HandleError::Store(error)) => {
+                    self.status.send_modify(|s| {
+                        s.state = ProcessorState::Failing;
+                        s.last_error = Some(error.to_string());
+                    });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(HandleError::Poison(error)) => {
+                    warn!(saga = %self.name, position = event.position, %error, "parking an event the saga cannot handle");
+                    let commit = Commit {
+                        name: &self.name,
+                        generation: self.generation,
+                        position: event.position,
+                        park: vec![NewDeadLetter {
+                            position: event.position,
+                            stream: event.stream.clone(),
+                            sequence: event.sequence,
+                            event_type: event.event_type.clone(),
+                            error,
+                            attempts: 1,
+                            parked: true,
+                        }],
+                        ..Commit::default()
+                    };
+                    if self.read.commit(commit).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+        self.position = event.position;
+        let position = self.position;
+        self.status.send_modify(|s| {
+            s.position = position;
+            s.state = ProcessorState::Running;
+        });
+        metrics::gauge!("nursery_projection_position", "projection" => self.name.clone())
+            .set(position as f64);
+        self.send_outbox().await;
+    }
+
+    async fn handle_event(&mut self, event: &RecordedEvent) -> Result<(), HandleError> {
+        let decoded = (self.decode)(event);
+        let routing = decoded.as_ref().and_then(S::routing);
+        let (Some(decoded), Some(routing)) = (decoded, routing) else {
+            // Not for this saga: only the checkpoint moves.
+            let commit = Commit {
+                name: &self.name,
+                generation: self.generation,
+                position: event.position,
+                ..Commit::default()
+            };
+            return self.read.commit(commit).await.map_err(HandleError::Store);
+        };
+        let association = match &routing {
+            Routing::Start(a) | Routing::To(a) => a.clone(),
+        };
+        let mut docs = Docs::load(
+            &*self.read,
+            &self.name,
+            self.generation,
+            vec![association_key(&association)],
+        )
+        .await?;
+        let mut ids: Vec<String> = docs
+            .get(&association_key(&association))?
+            .unwrap_or_default();
+        let mut created = None;
+        if ids.is_empty() {
+            if let Routing::Start(start) = &routing {
+                let id = Uuid::new_v5(&event.event_id, S::NAME.as_bytes()).to_string();
+                created = Some(Instance::<S> {
+                    id: id.clone(),
+                    state: S::default(),
+                    associations: vec![start.clone()],
+                    compensations: Vec::new(),
+                    deadlines: Vec::new(),
+                });
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            let commit = Commit {
+                name: &self.name,
+                generation: self.generation,
+                position: event.position,
+                ..Commit::default()
+            };
+            return self.read.commit(commit).await.map_err(HandleError::Store);
+        }
+        docs.extend(&*self.read, ids.iter().map(|id| instance_key(id)).collect())
+            .await?;
+        if let Some(instance) = &created {
+            docs.put(&instance_key(&instance.id), instance)?;
+            docs.put(&association_key(&association), &ids)?;
+        }
+        let now = self.clock.now();
+        for id in &ids {
+            let Some(mut instance) = docs.get::<Instance<S>>(&instance_key(id))? else {
+                continue;
+            };
+            let step = instance.state.handle(&decoded, now.timestamp());
+            let seed = Uuid::new_v5(&event.event_id, id.as_bytes());
+            let metadata = Metadata {
+                correlation_id: event.metadata.correlation_id,
+                causation_id: Some(event.event_id),
+                customer_id: event.metadata.customer_id.clone(),
+                ..Metadata::default()
+            };
+            self.apply_step(
+                &mut docs,
+                &mut instance,
+                step,
+                seed,
+                &metadata,
+                now.timestamp_micros(),
+            )
+            .await?;
+        }
+        let commit = Commit {
+            name: &self.name,
+            generation: self.generation,
+            position: event.position,
+            writes: docs.writes(),
+            ..Commit::default()
+        };
+        self.read.commit(commit).await.map_err(HandleError::Store)
+    }
+
+    /// Applies a step to an instance: outbox, deadlines, associations, compensations, end.
+    async fn apply_step(
+        &self,
+        docs: &mut Docs,
+        instance: &mut Instance<S>,
+        step: Step<S::Command>,
+        seed: Uuid,
+        metadata: &Metadata,
+        now_micros: i64,
+    ) -> Result<(), HandleError> {
+        let mut outgoing: Vec<S::Command> = Vec::new();
+        for send in step.send {
+            outgoing.push(send.command);
+            if let Some(compensation) = send.compensation {
+                instance.compensations.push(compensation);
+            }
+        }
+        if step.compensate {
+            outgoing.extend(instance.compensations.drain(..).rev());
+        }
+        for (index, command) in (0u32..).zip(outgoing) {
+            let command_id = Uuid::new_v5(&seed, &index.to_be_bytes());
+            let metadata = Metadata {
+                command_id: Some(command_id),
+                ..metadata.clone()
+            };
+            docs.put(
+                &outbox_key(command_id),
+                &Outgoing::<S> { command, metadata },
+            )?;
+        }
+        for name in &step.cancel_deadlines {
+            instance.deadlines.retain(|key| {
+                let ours = key.ends_with(&format!(":{}:{name}", instance.id));
+                if ours {
+                    docs.remove(key);
+                }
+                !ours
+            });
+        }
+        for deadline in &step.set_deadlines {
+            let due = now_micros.saturating_add(
+                i64::try_from(deadline.after_seconds).unwrap_or(i64::MAX / 2_000_000) * 1_000_000,
+            );
+            let key = deadline_key(due, &instance.id, &deadline.name);
+            docs.put(
+                &key,
+                &DeadlineDoc {
+                    saga: instance.id.clone(),
+                    name: deadline.name.clone(),
+                },
+            )?;
+            instance.deadlines.push(key);
+        }
+        let mut changed: Vec<Association> = step.associate.clone();
+        changed.extend(step.dissociate.iter().cloned());
+        if step.end {
+            changed.extend(instance.associations.iter().cloned());
+        }
+        docs.extend(&*self.read, changed.iter().map(association_key).collect())
+            .await?;
+        for association in step.associate {
+            let key = association_key(&association);
+            let mut ids: Vec<String> = docs.get(&key)?.unwrap_or_default();
+            if !ids.contains(&instance.id) {
+                ids.push(instance.id.clone());
+            }
+            docs.put(&key, &ids)?;
+            if !instance.associations.contains(&association) {
+                instance.associations.push(association);
+            }
+        }
+        let mut leaving = step.dissociate;
+        if step.end {
+            leaving.extend(instance.associations.iter().cloned());
+            for key in instance.deadlines.drain(..) {
+                docs.remove(&key);
+            }
+        }
+        for association in leaving {
+            let key = association_key(&association);
+            let mut ids: Vec<String> = docs.get(&key)?.unwrap_or_default();
+            ids.retain(|id| id != &instance.id);
+            if ids.is_empty() {
+                docs.remove(&key);
+            } else {
+                docs.put(&key, &ids)?;
+            }
+            instance.associations.retain(|a| a != &association);
+        }
+        if step.end {
+            docs.remove(&instance_key(&instance.id));
+        } else {
+            docs.put(&instance_key(&instance.id), instance)?;
+        }
+        Ok(())
+    }
+
+    /// Fires every due deadline: each with its step, in one transaction.
+    async fn fire_due_deadlines(&mut self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let due = self.read.scan(&self.name, "d:", 100).await?;
+        for (key, value) in due {
+            let Some(due_micros) = key.get(2..22).and_then(|d| d.parse::<i64>().ok()) else {
+                continue;
+            };
+            if due_micros > now.timestamp_micros() {
+                break; // keys sort by due time
+            }
+            let Ok(deadline) = serde_json::from_value::<DeadlineDoc>(value) else {
+                continue;
+            };
+            let mut docs = match Docs::load(
+                &*self.read,
+                &self.name,
+                self.generation,
+                vec![instance_key(&deadline.saga)],
+            )
+            .await
+            {
+                Ok(docs) => docs,
+                Err(_) => continue,
+            };
+            docs.remove(&key);
+            if let Ok(Some(mut instance)) = docs.get::<Instance<S>>(&instance_key(&deadline.saga)) {
+                instance.deadlines.retain(|k| k != &key);
+                let step = instance.state.on_deadline(&deadline.name, now.timestamp());
+                let seed = Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes());
+                let metadata = Metadata::default();
+                if self
+                    .apply_step(
+                        &mut docs,
+                        &mut instance,
+                        step,
+                        seed,
+                        &metadata,
+                        now.timestamp_micros(),
+                    )
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            let commit = Commit {
+                name: &self.name,
+                generation: self.generation,
+                position: self.position,
+                writes: docs.writes(),
+                ..Commit::default()
+            };
+            self.read.commit(commit).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what waits in the outbox; removes each command once the gateway answered it (or
+    /// refused it for good).
+    async fn send_outbox(&mut self) {
+        let Ok(pending) = self.read.scan(&self.name, "o:", 1_000).await else {
+            return;
+        };
+        for (key, value) in pending {
+            let Ok(outgoing) = serde_json::from_value::<Outgoing<S>>(value) else {
+                warn!(saga = %self.name, %key, "dropping an outbox entry that does not decode");
+                self.forget(&key).await;
+                continue;
+            };
+            match (self.dispatch)(outgoing.command, outgoing.metadata).await {
+                Ok(()) => self.forget(&key).await,
+                Err(DispatchError::Permanent(reason)) => {
+                    warn!(saga = %self.name, %key, %reason, "a saga command was refused");
+                    self.forget(&key).await;
+                }
+                Err(DispatchError::Transient(reason)) => {
+                    warn!(saga = %self.name, %key, %reason, "a saga command will be sent again");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn forget(&self, key: &str) {
+        let commit = Commit {
+            name: &self.name,
+            generation: self.generation,
+            position: self.position,
+            writes: vec![(key.to_owned(), None)],
+            ..Commit::default()
+        };
+        if let Err(error) = self.read.commit(commit).await {
+            warn!(saga = %self.name, %error, "cannot clear a sent command; it will be sent again (and recognised)");
+        }
+    }
+}
+
+enum HandleError {
+    Store(StoreError),
+    Poison(String),
+}
+
+impl From<StoreError> for HandleError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// The documents one step touches.
+struct Docs {
+    name: String,
+    generation: u32,
+    docs: HashMap<String, Option<Value>>,
+    dirty: BTreeSet<String>,
+}
+
+impl Docs {
+    async fn load(
+        read: &dyn ReadStore,
+        name: &str,
+        generation: u32,
+        keys: Vec<String>,
+    ) -> Result<Self, HandleError> {
+        let mut docs = Self {
+            name: name.to_owned(),
+            generation,
+            docs: HashMap::new(),
+            dirty: BTreeSet::new(),
+        };
+        docs.extend(read, keys).await?;
+        Ok(docs)
+    }
+
+    async fn extend(&mut self, read: &dyn ReadStore, keys: Vec<String>) -> Result<(), HandleError> {
+        let missing: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !self.docs.contains_key(k))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut loaded = read.load(&self.name, self.generation, &missing).await?;
+        for key in missing {
+            let value = loaded.remove(&key);
+            self.docs.insert(key, value);
+        }
+        Ok(())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, HandleError> {
+        match self.docs.get(key).and_then(Option::as_ref) {
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|e| {
+                    HandleError::Poison(format!("saga document {key} does not decode: {e}"))
+                }),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, key: &str, value: &impl Serialize) -> Result<(), HandleError> {
+        let value = serde_json::to_value(value).map_err(|e| {
+            HandleError::Poison(format!("saga document {key} does not encode: {e}"))
+        })?;
+        self.docs.insert(key.to_owned(), Some(value));
+        self.dirty.insert(key.to_owned());
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.docs.insert(key.to_owned(), None);
+        self.dirty.insert(key.to_owned());
+    }
+
+    fn writes(mut self) -> Vec<(String, Option<Value>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|key| {
+                let value = self.docs.remove(&key).flatten();
+                (key, value)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,400 @@
+//! Sagas: the pure fixture, and the manager on every backend: routing by association, commands
+//! through the gateway exactly once in effect, durable deadlines on a manual clock, outbox
+//! resends, compensation, resumption after a restart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use nursery::actors::{CommandError, Runtime};
+use nursery::clock::ManualClock;
+use nursery::domain::{Association, Routing, Saga, Step};
+use nursery::projections::{
+    DispatchError, SagaConfig, SagaDecoder, SagaDispatcher, SagaHandle, start_saga,
+};
+use nursery::store::{Codec, Metadata, Repository, SnapshotPolicy};
+use nursery::testkit::SagaFixture;
+use serde::{Deserialize, Serialize};
+
+use crate::fixtures::{Pot, PotCommand, PotEvent};
+use crate::support::ReadBackend;
+
+/// Waters a freshly planted pot, checks on it after an hour, and undoes its watering (by
+/// pruning) if the pot is pruned hard.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Gardener {
+    pot: String,
+    checked: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct GardenEvent {
+    pub pot: String,
+    pub event: PotEvent,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GardenCommand {
+    Water { pot: String, millilitres: u32 },
+    Prune { pot: String, leaves: u32 },
+}
+
+impl Saga for Gardener {
+    const NAME: &'static str = "gardener";
+    type Event = GardenEvent;
+    type Command = GardenCommand;
+
+    fn routing(event: &GardenEvent) -> Option<Routing> {
+        let pot = Association::new("pot", &event.pot);
+        match &event.event {
+            PotEvent::Planted(_) => Some(Routing::Start(pot)),
+            PotEvent::Pruned(_) => Some(Routing::To(pot)),
+            PotEvent::Watered(_) => None,
+        }
+    }
+
+    fn handle(&mut self, event: &GardenEvent, _now: i64) -> Step<GardenCommand> {
+        match &event.event {
+            PotEvent::Planted(_) => {
+                self.pot = event.pot.clone();
+                Step::nothing()
+                    .send_undoable(
+                        GardenCommand::Water {
+                            pot: self.pot.clone(),
+                            millilitres: 10,
+                        },
+                        GardenCommand::Prune {
+                            pot: self.pot.clone(),
+                            leaves: 1,
+                        },
+                    )
+                    .deadline("check", 3600)
+            }
+            PotEvent::Pruned(p) if p.leaves >= 50 => {
+                Step::nothing().cancel("check").compensate().end()
+            }
+            _ => Step::nothing(),
+        }
+    }
+
+    fn on_deadline(&mut self, name: &str, _now: i64) -> Step<GardenCommand> {
+        if name != "check" {
+            return Step::nothing();
+        }
+        self.checked = true;
+        Step::nothing()
+            .send(GardenCommand::Water {
+                pot: self.pot.clone(),
+                millilitres: 20,
+            })
+            .end()
+    }
+}
+
+fn planted(pot: &str) -> GardenEvent {
+    GardenEvent {
+        pot: pot.into(),
+        event: crate::fixtures::Planted {
+            species: "fern".into(),
+        }
+        .into(),
+    }
+}
+
+fn pruned(pot: &str, leaves: u32) -> GardenEvent {
+    GardenEvent {
+        pot: pot.into(),
+        event: crate::fixtures::Pruned { leaves }.into(),
+    }
+}
+
+#[test]
+fn the_gardener_waters_then_checks_after_an_hour() {
+    SagaFixture::<Gardener>::new()
+        .when(planted("p"))
+        .expect_commands([GardenCommand::Water {
+            pot: "p".into(),
+            millilitres: 10,
+        }])
+        .expect_deadline_set("check")
+        .expect_active()
+        .and()
+        .when_time_elapses(3599)
+        .expect_no_commands()
+        .and()
+        .when_time_elapses(1)
+        .expect_commands([GardenCommand::Water {
+            pot: "p".into(),
+            millilitres: 20,
+        }])
+        .expect_ended();
+}
+
+#[test]
+fn a_hard_prune_compensates_and_cancels_the_check() {
+    SagaFixture::<Gardener>::new()
+        .given([planted("p")])
+        .when(pruned("p", 60))
+        .expect_commands([GardenCommand::Prune {
+            pot: "p".into(),
+            leaves: 1,
+        }])
+        .expect_deadline_cancelled("check")
+        .expect_ended()
+        .and()
+        .when_time_elapses(7200)
+        .expect_no_commands();
+}
+
+fn decoder() -> SagaDecoder<Gardener> {
+    Arc::new(|record| {
+        (record.stream.aggregate_type == "Pot").then_some(())?;
+        let event: PotEvent = Codec::default().decode_event(record).ok()?;
+        Some(GardenEvent {
+            pot: record.stream.aggregate_id.clone(),
+            event,
+        })
+    })
+}
+
+/// Sends through the gateway; `fail_first` transient failures first (the outbox must resend),
+/// and every command twice (the aggregate must apply it once).
+fn dispatcher(runtime: &Runtime, fail_first: Arc<AtomicUsize>) -> SagaDispatcher<Gardener> {
+    let gateway = runtime.gateway();
+    Arc::new(move |command, metadata| {
+        let gateway = gateway.clone();
+        let fail_first = Arc::clone(&fail_first);
+        async move {
+            if fail_first
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(DispatchError::Transient("the test says not yet".into()));
+            }
+            let (pot, command) = match command {
+                GardenCommand::Water { pot, millilitres } => {
+                    (pot, PotCommand::Water { millilitres })
+                }
+                GardenCommand::Prune { pot, leaves } => (pot, PotCommand::Prune { leaves }),
+            };
+            for _ in 0..2 {
+                match gateway
+                    .send_and_wait::<Pot>(&pot, command.clone(), metadata.clone())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(CommandError::Rejected(e)) => {
+                        return Err(DispatchError::Permanent(e.to_string()));
+                    }
+                    Err(e) => return Err(DispatchError::Transient(e.to_string())),
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    })
+}
+
+async fn manager(
+    backend: &ReadBackend,
+    runtime: &Runtime,
+    clock: &Arc<ManualClock>,
+    fail_first: Arc<AtomicUsize>,
+) -> SagaHandle {
+    start_saga::<Gardener>(
+        Arc::clone(&backend.read),
+        runtime.broker().clone(),
+        decoder(),
+        dispatcher(runtime, fail_first),
+        Arc::clone(clock) as Arc<dyn nursery::clock::Clock>,
+        SagaConfig {
+            tick: Duration::from_millis(20),
+            ..SagaConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn pot(backend: &ReadBackend, id: &str) -> Pot {
+    Repository::<Pot>::new(
+        Arc::clone(&backend.store),
+        Codec::default(),
+        SnapshotPolicy::NEVER,
+    )
+    .load(id)
+    .await
+    .unwrap()
+    .state
+}
+
+/// Waits, with a deadline, until `check` holds of the pot.
+async fn until(backend: &ReadBackend, id: &str, check: impl Fn(&Pot) -> bool) -> Pot {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pot = pot(backend, id).await;
+        if check(&pot) {
+            return pot;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never got there: {pot:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn the_saga_waters_once_and_fires_its_deadline_once(backend: ReadBackend) {
+    let runtime = Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let saga = manager(&backend, &runtime, &clock, Arc::new(AtomicUsize::new(1))).await;
+    runtime
+        .gateway()
+        .send_and_wait::<Pot>(
+            "p",
+            PotCommand::Plant {
+                species: "fern".into(),
+            },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let watered = until(&backend, "p", |p| p.water == 10).await;
+    assert_eq!(
+        watered.events, 2,
+        "sent twice and resent after a failure, applied once"
+    );
+
+    clock.advance(chrono::Duration::seconds(3599));
+    saga.tick().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pot(&backend, "p").await.water, 10, "not due yet");
+    clock.advance(chrono::Duration::seconds(2));
+    saga.tick().await;
+    let checked = until(&backend, "p", |p| p.water == 30).await;
+    saga.tick().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        pot(&backend, "p").await.events,
+        checked.events,
+        "the deadline fired once"
+    );
+    let left = backend.read.scan("saga:gardener", "", 100).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "an ended saga leaves nothing behind: {left:?}"
+    );
+}
+
+pub async fn a_hard_prune_compensates_through_the_gateway(backend: ReadBackend) {
+    let runtime = Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let _saga = manager(&backend, &runtime, &clock, Arc::default()).await;
+    let gateway = runtime.gateway();
+    gateway
+        .send_and_wait::<Pot>(
+            "p",
+            PotCommand::Plant {
+                species: "fern".into(),
+            },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    until(&backend, "p", |p| p.water == 10).await;
+    gateway
+        .send_and_wait::<Pot>("p", PotCommand::Prune { leaves: 60 }, Metadata::default())
+        .await
+        .unwrap();
+    let compensated = until(&backend, "p", |p| p.leaves_pruned == 61).await;
+    assert_eq!(compensated.events, 4);
+    clock.advance(chrono::Duration::hours(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        pot(&backend, "p").await.water,
+        10,
+        "the cancelled check never fires"
+    );
+}
+
+pub async fn a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime(
+    backend: ReadBackend,
+) {
+    let runtime = Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let first = manager(&backend, &runtime, &clock, Arc::default()).await;
+    runtime
+        .gateway()
+        .send_and_wait::<Pot>(
+            "p",
+            PotCommand::Plant {
+                species: "fern".into(),
+            },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    until(&backend, "p", |p| p.water == 10).await;
+    drop(first);
+    clock.advance(chrono::Duration::hours(5));
+    runtime
+        .gateway()
+        .send_and_wait::<Pot>(
+            "q",
+            PotCommand::Plant {
+                species: "ivy".into(),
+            },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let second = manager(&backend, &runtime, &clock, Arc::default()).await;
+    second.tick().await;
+    until(&backend, "p", |p| p.water == 30).await;
+    until(&backend, "q", |p| p.water == 10).await;
+    assert_eq!(
+        pot(&backend, "p").await.events,
+        3,
+        "nothing applied twice after the restart"
+    );
+}
+
+macro_rules! saga_suite {
+    ($backend:ident: $($scenario:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[actix_rt::test]
+                async fn $scenario() {
+                    super::$scenario(crate::support::$backend().await).await;
+                }
+            )+
+        }
+    };
+}
+
+macro_rules! all_saga_backends {
+    ($($scenario:ident),+ $(,)?) => {
+        saga_suite!(read_memory: $($scenario),+);
+        saga_suite!(read_sqlite: $($scenario),+);
+        saga_suite!(read_postgres: $($scenario),+);
+    };
+}
+
+all_saga_backends!(
+    the_saga_waters_once_and_fires_its_deadline_once,
+    a_hard_prune_compensates_through_the_gateway,
+    a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime,
+);
