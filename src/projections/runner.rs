@@ -109,6 +109,11 @@ impl Documents {
         }
     }
 
+    /// The documents changed, to write: `None` deletes.
+    pub fn into_writes(self) -> Vec<(String, Option<Value>)> {
+        self.writes()
+    }
+
     fn writes(self) -> Vec<(String, Option<Value>)> {
         let mut docs = self.docs;
         self.dirty

@@ -7,6 +7,7 @@
 //!   appends (Akka's `PersistenceTestKit`).
 //! - [`SagaFixture`]: given events, when an event or when time elapses (a virtual clock),
 //!   expect commands and deadlines (Axon's `SagaTestFixture`).
+//! - [`ProjectionFixture`]: given events, expect the read model's documents.
 //! - [`TestRuntime`]: the whole runtime in-process on the in-memory store, with subscribers
 //!   that record what they saw and `settle()` to wait until they reached the head.
 //!
@@ -18,9 +19,11 @@
 mod faulty_store;
 mod fixture;
 mod harness;
+mod projection_fixture;
 mod saga_fixture;
 
 pub use faulty_store::FaultyStore;
 pub use fixture::{AggregateFixture, Then};
 pub use harness::{Recorder, TestRuntime};
+pub use projection_fixture::ProjectionFixture;
 pub use saga_fixture::{SagaFixture, SagaThen};

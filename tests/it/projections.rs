@@ -511,3 +511,40 @@ async fn postgres_projection_skips_nothing_behind_a_held_open_writer() {
             .is_some()
     );
 }
+
+#[test]
+fn the_fixture_shows_the_read_model_a_projection_builds() {
+    use nursery::testkit::ProjectionFixture;
+    let fixture = ProjectionFixture::new(PotSummary {
+        poison: Arc::default(),
+    })
+    .given(
+        "Pot",
+        "a",
+        [PotEvent::from(crate::fixtures::Planted {
+            species: "fern".into(),
+        })],
+    )
+    .unwrap()
+    .given(
+        "Pot",
+        "a",
+        [PotEvent::from(crate::fixtures::Watered {
+            millilitres: 4,
+            source: "can".into(),
+        })],
+    )
+    .unwrap()
+    .replaying(true)
+    .given(
+        "Pot",
+        "b",
+        [PotEvent::from(crate::fixtures::Planted {
+            species: "ivy".into(),
+        })],
+    )
+    .unwrap();
+    fixture.expect_document("pot:a", json!({"water": 4, "events": 2, "sequence": 2}));
+    fixture.expect_document("totals", json!({"events": 3, "last": 3, "replays": 1}));
+    fixture.expect_no_document("pot:c");
+}
