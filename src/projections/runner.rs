@@ -383,7 +383,17 @@ impl Runner {
             tokio::select! {
                 biased;
                 batch = events.recv() => match batch {
-                    Some(batch) => self.live(&batch).await,
+                    Some(batch) => {
+                        // Coalesce what else is already waiting: one transaction for all of it.
+                        let mut waiting: Vec<Arc<RecordedEvent>> = batch.to_vec();
+                        while waiting.len() < self.config.batch_max {
+                            match events.try_recv() {
+                                Ok(more) => waiting.extend(more.iter().cloned()),
+                                Err(_) => break,
+                            }
+                        }
+                        self.live(&waiting).await
+                    }
                     None => break,
                 },
                 control = controls.recv() => match control {

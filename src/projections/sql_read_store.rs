@@ -166,29 +166,36 @@ impl ReadStore for SqliteReadStore {
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let generation = gen_i64(commit.generation);
-        for (key, body) in &commit.writes {
-            match body {
-                Some(body) => {
-                    sqlx::query("INSERT INTO documents (projection, generation, key, body) VALUES (?, ?, ?, ?) \
-                                 ON CONFLICT (projection, generation, key) DO UPDATE SET body = excluded.body")
-                        .bind(commit.name)
-                        .bind(generation)
-                        .bind(key.as_str())
-                        .bind(body.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                None => {
-                    sqlx::query(
-                        "DELETE FROM documents WHERE projection = ? AND generation = ? AND key = ?",
-                    )
-                    .bind(commit.name)
-                    .bind(generation)
-                    .bind(key.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+        let (puts, deletes): (Vec<_>, Vec<_>) =
+            commit.writes.iter().partition(|(_, body)| body.is_some());
+        // One statement per chunk, not per document: a batch's commit costs a few statements.
+        for chunk in puts.chunks(1_000) {
+            let mut query =
+                QueryBuilder::new("INSERT INTO documents (projection, generation, key, body) ");
+            query.push_values(chunk, |mut row, (key, body)| {
+                row.push_bind(commit.name)
+                    .push_bind(generation)
+                    .push_bind(key.as_str())
+                    .push_bind(body.as_ref().map(Value::to_string).unwrap_or_default());
+            });
+            query.push(
+                " ON CONFLICT (projection, generation, key) DO UPDATE SET body = excluded.body",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        for chunk in deletes.chunks(1_000) {
+            let mut query = QueryBuilder::new("DELETE FROM documents WHERE projection = ");
+            query
+                .push_bind(commit.name)
+                .push(" AND generation = ")
+                .push_bind(generation)
+                .push(" AND key IN (");
+            let mut keys = query.separated(", ");
+            for (key, _) in chunk {
+                keys.push_bind(key.as_str());
             }
+            query.push(")");
+            query.build().execute(&mut *tx).await?;
         }
         sqlx::query("INSERT INTO checkpoints (name, generation, position, updated_at) VALUES (?, ?, ?, ?) \
                      ON CONFLICT (name, generation) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at")
