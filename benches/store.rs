@@ -126,8 +126,8 @@ async fn raw_pg_run(pool: PgPool, workload: Workload, run: usize) -> Duration {
             let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
             query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
                 b.push_bind("Cart")
-                    .push_bind(format!("bench-{run}-{writer}"))
-                    .push_bind((i * workload.per_append * workload.group + k + 1) as i64)
+                    .push_bind(format!("bench-{run}-{writer}-{}", k / workload.per_append))
+                    .push_bind((i * workload.per_append + k % workload.per_append + 1) as i64)
                     .push_bind(e.event_id)
                     .push_bind(e.event_type.as_str())
                     .push_bind(1i32)
@@ -155,8 +155,8 @@ async fn raw_sqlite_run(pool: SqlitePool, workload: Workload, run: usize) -> Dur
             let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
             query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
                 b.push_bind("Cart")
-                    .push_bind(format!("bench-{run}-{writer}"))
-                    .push_bind((i * workload.per_append * workload.group + k + 1) as i64)
+                    .push_bind(format!("bench-{run}-{writer}-{}", k / workload.per_append))
+                    .push_bind((i * workload.per_append + k % workload.per_append + 1) as i64)
                     .push_bind(e.event_id)
                     .push_bind(e.event_type.as_str())
                     .push_bind(1i64)

@@ -380,8 +380,8 @@ impl Runner {
     ) {
         let mut rebuild: Option<Rebuild> = None;
         loop {
+            // Not biased: under steady load a rebuild and control messages still get their turn.
             tokio::select! {
-                biased;
                 batch = events.recv() => match batch {
                     Some(batch) => {
                         // Coalesce what else is already waiting: one transaction for all of it.
@@ -398,6 +398,14 @@ impl Runner {
                 },
                 control = controls.recv() => match control {
                     Some(Control::Rebuild(reply)) => rebuild = self.begin_rebuild(reply, rebuild).await,
+                    // A rebuild leaves parked positions out: retrying or skipping one now would
+                    // reach only the generation about to be replaced.
+                    Some(Control::Retry(_, reply)) if rebuild.is_some() => {
+                        let _ = reply.send(Err("a rebuild is running; retry when it is done".into()));
+                    }
+                    Some(Control::Skip(_, reply)) if rebuild.is_some() => {
+                        let _ = reply.send(Err("a rebuild is running; skip when it is done".into()));
+                    }
                     Some(Control::Retry(stream, reply)) => {
                         let _ = reply.send(self.retry(&stream).await);
                     }
@@ -451,7 +459,6 @@ impl Runner {
         let mut backoff = self.config.retry_backoff;
         let mut attempts = 0;
         loop {
-            attempts += 1;
             let error = match self
                 .apply(&[event], self.generation, false, event.position)
                 .await
@@ -461,13 +468,24 @@ impl Runner {
             };
             self.publish(|s| {
                 s.state = ProcessorState::Failing;
-                s.last_error = Some(error.clone());
+                s.last_error = Some(error.to_string());
             });
-            if attempts > self.config.retries {
-                return self.park(event, error, attempts).await;
+            match error {
+                // The database, not the event: wait and try again, however long it takes; a
+                // healthy event is never parked for an outage.
+                ApplyError::Store(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(5));
+                }
+                ApplyError::Handler(error) => {
+                    attempts += 1;
+                    if attempts > self.config.retries {
+                        return self.park(event, error, attempts).await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
         }
     }
 
@@ -517,22 +535,19 @@ impl Runner {
         generation: u32,
         replaying: bool,
         position: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), ApplyError> {
         let projection = &self.projection;
         let (waiting, applied): (Vec<&RecordedEvent>, Vec<&RecordedEvent>) = events
             .iter()
             .partition(|e| !replaying && self.blocked.contains(&e.stream));
-        let keys: Vec<String> = {
-            let mut keys: Vec<String> = applied.iter().flat_map(|e| projection.keys(e)).collect();
-            keys.sort();
-            keys.dedup();
-            keys
-        };
+        let mut keys: Vec<String> = applied.iter().flat_map(|e| projection.keys(e)).collect();
+        keys.sort();
+        keys.dedup();
         let loaded = self
             .read
             .load(projection.name(), generation, &keys)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ApplyError::Store)?;
         let mut documents = Documents::loaded(loaded);
         for event in &applied {
             let context = ApplyContext { replaying };
@@ -540,8 +555,18 @@ impl Runner {
                 projection.apply(event, &mut documents, context)
             })) {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(format!("position {}: {error}", event.position)),
-                Err(_) => return Err(format!("position {}: the handler panicked", event.position)),
+                Ok(Err(error)) => {
+                    return Err(ApplyError::Handler(format!(
+                        "position {}: {error}",
+                        event.position
+                    )));
+                }
+                Err(_) => {
+                    return Err(ApplyError::Handler(format!(
+                        "position {}: the handler panicked",
+                        event.position
+                    )));
+                }
             }
         }
         let park = waiting
@@ -566,7 +591,7 @@ impl Runner {
                 fail_before_commit: take(&self.crash_points),
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ApplyError::Store)
     }
 
     async fn begin_rebuild(
@@ -628,7 +653,7 @@ impl Runner {
             .filter(|e| !parked.contains(&e.position))
             .collect();
         if let Err(error) = self.apply(&page, rebuild.generation, true, last).await {
-            return self.abandon(rebuild, error).await;
+            return self.abandon(rebuild, error.to_string()).await;
         }
         rebuild.position = last;
         self.publish(|s| s.rebuild_position = Some(last));
@@ -761,6 +786,22 @@ impl Runner {
             self.retry(&stream).await?;
         }
         Ok(())
+    }
+}
+
+/// Why applying failed: the handler (counts toward parking) or the database (retried).
+#[derive(Debug)]
+enum ApplyError {
+    Handler(String),
+    Store(StoreError),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handler(error) => f.write_str(error),
+            Self::Store(error) => write!(f, "{error}"),
+        }
     }
 }
 

@@ -140,6 +140,7 @@ struct Manager<S: Saga> {
     decode: SagaDecoder<S>,
     dispatch: SagaDispatcher<S>,
     clock: Arc<dyn Clock>,
+    broker: actix::Addr<Broker>,
     generation: u32,
     position: u64,
     status: watch::Sender<ProcessorStatus>,
@@ -176,6 +177,7 @@ pub async fn start_saga<S: Saga>(
         .map_err(|e| StoreError::Internal(format!("the broker is gone: {e}")))?;
     let (tick, ticks) = mpsc::channel(4);
     let manager = Manager::<S> {
+        broker: broker.clone(),
         name: name.clone(),
         read,
         decode,
@@ -205,8 +207,10 @@ fn deadline_key(due_micros: i64, saga: &str, name: &str) -> String {
     format!("d:{:020}:{saga}:{name}", due_micros.max(0))
 }
 
-fn outbox_key(command_id: Uuid) -> String {
-    format!("o:{command_id}")
+/// Outbox keys sort in the order the commands were decided: by the position (or, for a
+/// deadline's step, the position the manager was at), then by index in the step.
+fn outbox_key(position: u64, index: u32, command_id: Uuid) -> String {
+    format!("o:{position:020}:{index:06}:{command_id}")
 }
 
 impl<S: Saga> Manager<S> {
@@ -245,6 +249,18 @@ impl<S: Saga> Manager<S> {
     }
 
     async fn on_tick(&mut self) {
+        // Events first: a deadline due now may be one an event waiting to be handled cancels
+        // (a payment that succeeded a second before its timeout).
+        let head = self
+            .broker
+            .send(crate::actors::Status)
+            .await
+            .map(|s| s.head)
+            .unwrap_or(u64::MAX);
+        if self.position < head {
+            self.send_outbox().await;
+            return;
+        }
         if let Err(error) = self.fire_due_deadlines().await {
             warn!(saga = %self.name, %error, "firing deadlines failed; retrying at the next tick");
         }
@@ -373,9 +389,12 @@ impl<S: Saga> Manager<S> {
                 &mut docs,
                 &mut instance,
                 step,
-                seed,
-                &metadata,
-                now.timestamp_micros(),
+                &Cause {
+                    seed,
+                    order: event.position,
+                    metadata,
+                    now_micros: now.timestamp_micros(),
+                },
             )
             .await?;
         }
@@ -395,10 +414,15 @@ impl<S: Saga> Manager<S> {
         docs: &mut Docs,
         instance: &mut Instance<S>,
         step: Step<S::Command>,
-        seed: Uuid,
-        metadata: &Metadata,
-        now_micros: i64,
+        cause: &Cause,
     ) -> Result<(), HandleError> {
+        let Cause {
+            seed,
+            order,
+            metadata,
+            now_micros,
+        } = cause;
+        let (seed, order, now_micros) = (*seed, *order, *now_micros);
         let mut outgoing: Vec<S::Command> = Vec::new();
         for send in step.send {
             outgoing.push(send.command);
@@ -416,7 +440,7 @@ impl<S: Saga> Manager<S> {
                 ..metadata.clone()
             };
             docs.put(
-                &outbox_key(command_id),
+                &outbox_key(order, index, command_id),
                 &Outgoing::<S> { command, metadata },
             )?;
         }
@@ -431,7 +455,9 @@ impl<S: Saga> Manager<S> {
         }
         for deadline in &step.set_deadlines {
             let due = now_micros.saturating_add(
-                i64::try_from(deadline.after_seconds).unwrap_or(i64::MAX / 2_000_000) * 1_000_000,
+                i64::try_from(deadline.after_seconds)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000),
             );
             let key = deadline_key(due, &instance.id, &deadline.name);
             docs.put(
@@ -513,7 +539,14 @@ impl<S: Saga> Manager<S> {
                 Err(_) => continue,
             };
             docs.remove(&key);
-            if let Ok(Some(mut instance)) = docs.get::<Instance<S>>(&instance_key(&deadline.saga)) {
+            // Only a deadline the instance still holds fires: an earlier firing in this same
+            // scan may have cancelled or re-armed it.
+            let live = docs
+                .get::<Instance<S>>(&instance_key(&deadline.saga))
+                .ok()
+                .flatten()
+                .filter(|instance| instance.deadlines.contains(&key));
+            if let Some(mut instance) = live {
                 instance.deadlines.retain(|k| k != &key);
                 let step = instance.state.on_deadline(&deadline.name, now.timestamp());
                 let seed = Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes());
@@ -523,9 +556,12 @@ impl<S: Saga> Manager<S> {
                         &mut docs,
                         &mut instance,
                         step,
-                        seed,
-                        &metadata,
-                        now.timestamp_micros(),
+                        &Cause {
+                            seed,
+                            order: self.position,
+                            metadata,
+                            now_micros: now.timestamp_micros(),
+                        },
                     )
                     .await
                     .is_err()
@@ -583,6 +619,15 @@ impl<S: Saga> Manager<S> {
             warn!(saga = %self.name, %error, "cannot clear a sent command; it will be sent again (and recognised)");
         }
     }
+}
+
+/// What caused a step: the seed of its command ids, where its commands sort in the outbox,
+/// the metadata they carry, and the time.
+struct Cause {
+    seed: Uuid,
+    order: u64,
+    metadata: Metadata,
+    now_micros: i64,
 }
 
 enum HandleError {

@@ -258,10 +258,12 @@ impl ReadStore for SqliteReadStore {
     ) -> Result<Vec<(String, Value)>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.key, d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
-             WHERE d.projection = ? AND d.key LIKE ? ESCAPE '\\' ORDER BY d.key LIMIT ?",
+             WHERE d.projection = ? AND substr(d.key, 1, length(?)) = ? ORDER BY d.key LIMIT ?",
         )
         .bind(name)
-        .bind(like_prefix(prefix))
+        // SQLite's LIKE ignores ASCII case; compare the prefix exactly instead.
+        .bind(prefix)
+        .bind(prefix)
         .bind(pos(limit as u64))
         .fetch_all(&self.reader)
         .await?;

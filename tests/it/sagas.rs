@@ -372,6 +372,42 @@ pub async fn a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime
     );
 }
 
+pub async fn events_waiting_are_handled_before_due_deadlines(backend: ReadBackend) {
+    let runtime = Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let first = manager(&backend, &runtime, &clock, Arc::default()).await;
+    let gateway = runtime.gateway();
+    gateway
+        .send_and_wait::<Pot>(
+            "p",
+            PotCommand::Plant {
+                species: "fern".into(),
+            },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    until(&backend, "p", |p| p.water == 10).await;
+    drop(first);
+    // While the manager is down, the check falls due and a hard prune (which cancels it) is
+    // committed. On restart the prune must win: the check never fires.
+    clock.advance(chrono::Duration::hours(2));
+    gateway
+        .send_and_wait::<Pot>("p", PotCommand::Prune { leaves: 60 }, Metadata::default())
+        .await
+        .unwrap();
+    let second = manager(&backend, &runtime, &clock, Arc::default()).await;
+    let compensated = until(&backend, "p", |p| p.leaves_pruned == 61).await;
+    second.tick().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pot(&backend, "p").await.water, compensated.water);
+    assert_eq!(compensated.water, 10, "the cancelled check did not fire");
+}
+
 macro_rules! saga_suite {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
         mod $backend {
@@ -397,4 +433,5 @@ all_saga_backends!(
     the_saga_waters_once_and_fires_its_deadline_once,
     a_hard_prune_compensates_through_the_gateway,
     a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime,
+    events_waiting_are_handled_before_due_deadlines,
 );
