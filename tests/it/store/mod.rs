@@ -3,6 +3,7 @@
 //! PostgreSQL gap-safety proofs.
 
 mod gap_safety;
+mod properties;
 mod scenarios;
 
 macro_rules! conformance {
