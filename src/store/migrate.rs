@@ -24,7 +24,8 @@ pub fn sqlite_migrator() -> Migrator {
     ])
 }
 
-/// The migrations for PostgreSQL: the event store, then the processors' tables.
+/// The migrations for PostgreSQL: the event store, the processors' tables, the one-statement
+/// append.
 pub fn postgres_migrator() -> Migrator {
     migrator(&[
         (
@@ -36,6 +37,11 @@ pub fn postgres_migrator() -> Migrator {
             2,
             "processors",
             include_str!("../../migrations/postgres/0002_processors.sql"),
+        ),
+        (
+            3,
+            "fast append",
+            include_str!("../../migrations/postgres/0003_fast_append.sql"),
         ),
     ])
 }

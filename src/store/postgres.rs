@@ -39,8 +39,8 @@ use uuid::Uuid;
 use super::plan::{StoredId, plan};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, EventStore, Metadata, PayloadFormat, RecordedEvent, Snapshot,
-    StoreError, StreamId, postgres_migrator,
+    AppendRequest, AppendResult, Appended, EventStore, ExpectedVersion, Metadata, PayloadFormat,
+    RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
 };
 
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
@@ -127,111 +127,14 @@ fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 impl EventStore for PostgresStore {
     #[instrument(skip_all, fields(requests = batch.len()), err)]
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-
-        let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
-        streams.sort();
-        streams.dedup();
-        let types: Vec<&str> = streams.iter().map(|s| s.aggregate_type.as_str()).collect();
-        let ids: Vec<&str> = streams.iter().map(|s| s.aggregate_id.as_str()).collect();
-        let event_ids: Vec<Uuid> = batch
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.event_id))
-            .collect();
-        let rows = sqlx::query(LOCK_AND_READ_SQL)
-            .bind(&types)
-            .bind(&ids)
-            .bind(&event_ids)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut versions = HashMap::with_capacity(streams.len());
-        let mut stored = HashMap::new();
-        let mut head = None;
-        for row in rows {
-            let kind: i16 = row.try_get("kind")?;
-            if kind == 2 {
-                head = Some(to_u64(row.try_get("global_position")?, "last_position")?);
-                continue;
-            }
-            let stream = StreamId::new(
-                row.try_get::<String, _>("aggregate_type")?,
-                row.try_get::<String, _>("aggregate_id")?,
-            );
-            let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
-            if kind == 0 {
-                versions.insert(stream, sequence);
-            } else {
-                let position = to_u64(row.try_get("global_position")?, "global_position")?;
-                let recorded_at = from_micros(row.try_get("recorded_at")?);
-                stored.insert(
-                    row.try_get::<Uuid, _>("event_id")?,
-                    StoredId {
-                        stream,
-                        sequence,
-                        position,
-                        recorded_at,
-                    },
-                );
+        // The common case in one round trip; anything unusual (a conflict, a stored id, an
+        // empty or invalid request, a broken chain) is planned in full.
+        if let Some(fast) = FastBatch::prepare(batch) {
+            if let Some(results) = self.append_fast(&fast, batch).await? {
+                return Ok(results);
             }
         }
-
-        let head =
-            head.ok_or_else(|| StoreError::Internal("the append lock answered no head".into()))?;
-        let recorded_at = Utc::now();
-        let planned = plan(
-            batch,
-            versions,
-            stored,
-            head,
-            from_micros(recorded_at.timestamp_micros()),
-        );
-        if planned.rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(planned.results);
-        }
-
-        let n = planned.rows.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut aggregate_types = Vec::with_capacity(n);
-        let mut aggregate_ids = Vec::with_capacity(n);
-        let mut sequences = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut revisions = Vec::with_capacity(n);
-        let mut formats = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        for row in &planned.rows {
-            positions.push(to_i64(row.position, "position")?);
-            aggregate_types.push(row.stream.aggregate_type.as_str());
-            aggregate_ids.push(row.stream.aggregate_id.as_str());
-            sequences.push(to_i64(row.sequence, "sequence")?);
-            event_ids.push(row.event.event_id);
-            event_types.push(row.event.event_type.as_str());
-            revisions.push(i32::try_from(row.event.revision).map_err(|_| {
-                StoreError::InvalidInput(format!("revision out of range: {}", row.event.revision))
-            })?);
-            formats.push(row.event.format.code());
-            metadata.push(row.event.metadata.to_json()?);
-            payloads.push(row.event.payload.as_slice());
-        }
-        sqlx::query(INSERT_SQL)
-            .bind(&positions)
-            .bind(&aggregate_types)
-            .bind(&aggregate_ids)
-            .bind(&sequences)
-            .bind(&event_ids)
-            .bind(&event_types)
-            .bind(&revisions)
-            .bind(&formats)
-            .bind(recorded_at.timestamp_micros())
-            .bind(&metadata)
-            .bind(&payloads)
-            .bind(to_i64(planned.head, "position")?)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(planned.results)
+        self.append_planned(batch).await
     }
 
     #[instrument(skip_all, fields(stream = %stream, from, to), err)]
@@ -364,6 +267,262 @@ impl EventStore for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Plans a batch in full under the append lock (src/store/plan.rs) and writes what it allows.
+    async fn append_planned(
+        &self,
+        batch: &[AppendRequest],
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+
+        let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
+        streams.sort();
+        streams.dedup();
+        let types: Vec<&str> = streams.iter().map(|s| s.aggregate_type.as_str()).collect();
+        let ids: Vec<&str> = streams.iter().map(|s| s.aggregate_id.as_str()).collect();
+        let event_ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        let rows = sqlx::query(LOCK_AND_READ_SQL)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&event_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut versions = HashMap::with_capacity(streams.len());
+        let mut stored = HashMap::new();
+        let mut head = None;
+        for row in rows {
+            let kind: i16 = row.try_get("kind")?;
+            if kind == 2 {
+                head = Some(to_u64(row.try_get("global_position")?, "last_position")?);
+                continue;
+            }
+            let stream = StreamId::new(
+                row.try_get::<String, _>("aggregate_type")?,
+                row.try_get::<String, _>("aggregate_id")?,
+            );
+            let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
+            if kind == 0 {
+                versions.insert(stream, sequence);
+            } else {
+                let position = to_u64(row.try_get("global_position")?, "global_position")?;
+                let recorded_at = from_micros(row.try_get("recorded_at")?);
+                stored.insert(
+                    row.try_get::<Uuid, _>("event_id")?,
+                    StoredId {
+                        stream,
+                        sequence,
+                        position,
+                        recorded_at,
+                    },
+                );
+            }
+        }
+
+        let head =
+            head.ok_or_else(|| StoreError::Internal("the append lock answered no head".into()))?;
+        let recorded_at = Utc::now();
+        let planned = plan(
+            batch,
+            versions,
+            stored,
+            head,
+            from_micros(recorded_at.timestamp_micros()),
+        );
+        if planned.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(planned.results);
+        }
+
+        let n = planned.rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut aggregate_types = Vec::with_capacity(n);
+        let mut aggregate_ids = Vec::with_capacity(n);
+        let mut sequences = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut revisions = Vec::with_capacity(n);
+        let mut formats = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for row in &planned.rows {
+            positions.push(to_i64(row.position, "position")?);
+            aggregate_types.push(row.stream.aggregate_type.as_str());
+            aggregate_ids.push(row.stream.aggregate_id.as_str());
+            sequences.push(to_i64(row.sequence, "sequence")?);
+            event_ids.push(row.event.event_id);
+            event_types.push(row.event.event_type.as_str());
+            revisions.push(i32::try_from(row.event.revision).map_err(|_| {
+                StoreError::InvalidInput(format!("revision out of range: {}", row.event.revision))
+            })?);
+            formats.push(row.event.format.code());
+            metadata.push(row.event.metadata.to_json()?);
+            payloads.push(row.event.payload.as_slice());
+        }
+        sqlx::query(INSERT_SQL)
+            .bind(&positions)
+            .bind(&aggregate_types)
+            .bind(&aggregate_ids)
+            .bind(&sequences)
+            .bind(&event_ids)
+            .bind(&event_types)
+            .bind(&revisions)
+            .bind(&formats)
+            .bind(recorded_at.timestamp_micros())
+            .bind(&metadata)
+            .bind(&payloads)
+            .bind(to_i64(planned.head, "position")?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(planned.results)
+    }
+
+    /// The one-statement path: `None` when the function found a conflict or a stored id and
+    /// wrote nothing.
+    async fn append_fast(
+        &self,
+        fast: &FastBatch<'_>,
+        batch: &[AppendRequest],
+    ) -> Result<Option<Vec<AppendResult>>, StoreError> {
+        let n = fast.r_stream.len();
+        let mut event_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut revisions = Vec::with_capacity(n);
+        let mut formats = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for event in batch.iter().flat_map(|r| &r.events) {
+            event_ids.push(event.event_id);
+            event_types.push(event.event_type.as_str());
+            revisions.push(i32::try_from(event.revision).map_err(|_| {
+                StoreError::InvalidInput(format!("revision out of range: {}", event.revision))
+            })?);
+            formats.push(event.format.code());
+            metadata.push(event.metadata.to_json()?);
+            payloads.push(event.payload.as_slice());
+        }
+        let types: Vec<&str> = fast
+            .streams
+            .iter()
+            .map(|s| s.aggregate_type.as_str())
+            .collect();
+        let ids: Vec<&str> = fast
+            .streams
+            .iter()
+            .map(|s| s.aggregate_id.as_str())
+            .collect();
+        let recorded_at = from_micros(Utc::now().timestamp_micros());
+        let row = sqlx::query(FAST_APPEND_SQL)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&fast.bases)
+            .bind(&fast.r_stream)
+            .bind(&fast.r_offset)
+            .bind(&event_ids)
+            .bind(&event_types)
+            .bind(&revisions)
+            .bind(&formats)
+            .bind(recorded_at.timestamp_micros())
+            .bind(&metadata)
+            .bind(&payloads)
+            .fetch_one(&self.pool)
+            .await?;
+        if !row.try_get::<bool, _>("written")? {
+            return Ok(None);
+        }
+        let head = to_u64(row.try_get("head")?, "last_position")?;
+        let versions: Vec<i64> = row.try_get("versions")?;
+        let mut next_position = head + 1;
+        let mut results = Vec::with_capacity(batch.len());
+        for &(stream, offset, len) in &fast.requests {
+            let version = versions.get(stream).copied().ok_or_else(|| {
+                StoreError::Internal("the fast append answered too few versions".into())
+            })?;
+            let first = next_position;
+            next_position += len as u64;
+            results.push(Ok(Appended {
+                version: to_u64(version, "sequence")? + offset + len as u64,
+                first_position: Some(first),
+                last_position: Some(next_position - 1),
+                recorded_at,
+            }));
+        }
+        Ok(Some(results))
+    }
+}
+
+const FAST_APPEND_SQL: &str = "SELECT written, head, versions FROM nursery_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// A batch shaped for the one-statement path: every request valid and non-empty, event ids
+/// unique in the batch, and each stream's requests chained (each expecting the version the one
+/// before leaves, or all expecting any).
+struct FastBatch<'a> {
+    streams: Vec<&'a StreamId>,
+    bases: Vec<i64>,
+    r_stream: Vec<i32>,
+    r_offset: Vec<i32>,
+    /// Per request: its stream's index, its offset in the stream's part, its event count.
+    requests: Vec<(usize, u64, usize)>,
+}
+
+impl<'a> FastBatch<'a> {
+    fn prepare(batch: &'a [AppendRequest]) -> Option<Self> {
+        let mut fast = FastBatch {
+            streams: Vec::new(),
+            bases: Vec::new(),
+            r_stream: Vec::new(),
+            r_offset: Vec::new(),
+            requests: Vec::new(),
+        };
+        let mut index: HashMap<&StreamId, (usize, u64)> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for request in batch {
+            if request.events.is_empty() || super::plan::validate(request).is_err() {
+                return None;
+            }
+            if !request.events.iter().all(|e| seen.insert(e.event_id)) {
+                return None;
+            }
+            let (stream, offset) = match index.get(&request.stream).copied() {
+                None => {
+                    fast.streams.push(&request.stream);
+                    fast.bases.push(match request.expected {
+                        ExpectedVersion::Any => -1,
+                        ExpectedVersion::Exact(version) => i64::try_from(version).ok()?,
+                    });
+                    (fast.streams.len() - 1, 0)
+                }
+                Some((stream, offset)) => {
+                    let chained = match (fast.bases[stream], request.expected) {
+                        (-1, ExpectedVersion::Any) => true,
+                        (base, ExpectedVersion::Exact(version)) if base >= 0 => {
+                            u64::try_from(base).ok()? + offset == version
+                        }
+                        _ => false,
+                    };
+                    if !chained {
+                        return None;
+                    }
+                    (stream, offset)
+                }
+            };
+            for k in 0..request.events.len() {
+                fast.r_stream.push(i32::try_from(stream + 1).ok()?);
+                fast.r_offset.push(i32::try_from(offset + k as u64).ok()?);
+            }
+            fast.requests.push((stream, offset, request.events.len()));
+            index.insert(
+                &request.stream,
+                (stream, offset + request.events.len() as u64),
+            );
+        }
+        Some(fast)
     }
 }
 

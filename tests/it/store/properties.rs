@@ -140,3 +140,18 @@ proptest! {
         });
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// PostgreSQL answers most appends in one statement and falls back to full planning on a
+    /// conflict or a stored id: both paths must agree with the model.
+    #[test]
+    fn any_sequence_of_appends_agrees_with_the_model_on_postgres(ops in proptest::collection::vec(op(), 1..25)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let backend = crate::support::postgres().await;
+            check(backend.store.clone(), ops).await;
+        });
+    }
+}
