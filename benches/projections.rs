@@ -2,7 +2,8 @@
 //! (commit to visible in the read model) under the runtime benchmark's load.
 //!
 //! Run: `cargo bench --bench projections` (PostgreSQL on 127.0.0.1:5432 for its rows).
-//! `NURSERY_BENCH_SCALE` scales the event count (default 1.0 = 1,000,000 events).
+//! `NURSERY_BENCH_SCALE` scales the event count (default 1.0 = 1,000,000 events);
+//! `NURSERY_BENCH_BATCH` sets the runner's `batch_max` (default 1,000).
 
 #![allow(
     clippy::unwrap_used,
@@ -174,7 +175,13 @@ async fn catch_up(backend: &str, store: Arc<dyn EventStore>, read: Arc<dyn ReadS
         Arc::clone(&store),
         Arc::clone(&read),
         runtime.broker().clone(),
-        ProcessorConfig::default(),
+        ProcessorConfig {
+            batch_max: std::env::var("NURSERY_BENCH_BATCH")
+                .ok()
+                .and_then(|b| b.parse().ok())
+                .unwrap_or(ProcessorConfig::default().batch_max),
+            ..ProcessorConfig::default()
+        },
     )
     .await
     .unwrap();
