@@ -1,7 +1,7 @@
 //! Given/when/then for one saga instance, with a virtual clock, without a runtime (as Axon's
 //! `SagaTestFixture`).
 
-use crate::domain::{Routing, Saga, Step};
+use crate::domain::{Association, Routing, Saga, Step};
 
 /// One saga instance under test: its state, its pending deadlines and the time.
 ///
@@ -47,10 +47,17 @@ use crate::domain::{Routing, Saga, Step};
 ///     .expect_ended();
 /// ```
 pub struct SagaFixture<S: Saga> {
-    state: Option<S>,
-    deadlines: Vec<(i64, String)>,
-    compensations: Vec<S::Command>,
+    instances: Vec<Instance<S>>,
     now: i64,
+}
+
+/// One instance, as the manager keeps it: state, association values, recorded compensations,
+/// pending deadlines.
+struct Instance<S: Saga> {
+    state: S,
+    associations: Vec<Association>,
+    compensations: Vec<S::Command>,
+    deadlines: Vec<(i64, String)>,
     ended: bool,
 }
 
@@ -65,14 +72,13 @@ pub struct SagaThen<S: Saga> {
 impl<S: Saga> Default for SagaFixture<S> {
     fn default() -> Self {
         Self {
-            state: None,
-            deadlines: Vec::new(),
-            compensations: Vec::new(),
+            instances: Vec::new(),
             now: 0,
-            ended: false,
         }
     }
 }
+
+type Effects<C> = (Vec<C>, Vec<String>, Vec<String>);
 
 impl<S: Saga> SagaFixture<S> {
     /// No instance yet, the clock at 0.
@@ -88,7 +94,8 @@ impl<S: Saga> SagaFixture<S> {
         self
     }
 
-    /// Delivers `event`.
+    /// Delivers `event`, routed as the manager routes it: by association value, starting a
+    /// new instance when a starting event finds none.
     pub fn when(mut self, event: S::Event) -> SagaThen<S> {
         let (sent, set, cancelled) = self.deliver(&event);
         SagaThen {
@@ -99,22 +106,36 @@ impl<S: Saga> SagaFixture<S> {
         }
     }
 
-    /// Moves the clock `seconds` forward, firing the deadlines that fall due, in order.
+    /// Moves the clock `seconds` forward, firing the deadlines that fall due, in due order
+    /// (a deadline set by a firing one fires too if it falls due in the same span).
     pub fn when_time_elapses(mut self, seconds: u64) -> SagaThen<S> {
-        let until = self.now + i64::try_from(seconds).unwrap_or(i64::MAX / 2);
+        let until = self
+            .now
+            .saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX / 2));
         let (mut sent, mut set, mut cancelled) = (Vec::new(), Vec::new(), Vec::new());
         loop {
-            self.deadlines.sort();
-            let Some(index) = self.deadlines.iter().position(|(due, _)| *due <= until) else {
+            let next = self
+                .instances
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| !i.ended)
+                .flat_map(|(n, i)| {
+                    i.deadlines
+                        .iter()
+                        .map(move |(due, name)| (*due, n, name.clone()))
+                })
+                .filter(|(due, _, _)| *due <= until)
+                .min();
+            let Some((due, index, name)) = next else {
                 break;
             };
-            let (due, name) = self.deadlines.remove(index);
             self.now = due;
-            let Some(state) = self.state.as_mut().filter(|_| !self.ended) else {
-                break;
-            };
-            let step = state.on_deadline(&name, due);
-            let (s, d, c) = self.record(step);
+            let instance = &mut self.instances[index];
+            instance
+                .deadlines
+                .retain(|(d, n)| !(*d == due && *n == name));
+            let step = instance.state.on_deadline(&name, due);
+            let (s, d, c) = record(instance, step, due);
             sent.extend(s);
             set.extend(d);
             cancelled.extend(c);
@@ -128,50 +149,94 @@ impl<S: Saga> SagaFixture<S> {
         }
     }
 
-    /// The instance's state, if one started.
+    /// The state of the first instance still going (or of the last one, if all ended).
     pub fn state(&self) -> Option<&S> {
-        self.state.as_ref()
+        self.instances
+            .iter()
+            .find(|i| !i.ended)
+            .or(self.instances.last())
+            .map(|i| &i.state)
     }
 
-    fn deliver(&mut self, event: &S::Event) -> (Vec<S::Command>, Vec<String>, Vec<String>) {
-        if self.ended {
+    fn deliver(&mut self, event: &S::Event) -> Effects<S::Command> {
+        let Some(routing) = S::routing(event) else {
             return Default::default();
-        }
-        let step = match (S::routing(event), self.state.as_mut()) {
-            (None, _) | (Some(Routing::To(_)), None) => return Default::default(),
-            (Some(_), Some(state)) => state.handle(event, self.now),
-            (Some(Routing::Start(_)), None) => {
-                self.state.insert(S::default()).handle(event, self.now)
-            }
         };
-        self.record(step)
+        let (association, starts) = match routing {
+            Routing::Start(a) => (a, true),
+            Routing::To(a) => (a, false),
+        };
+        let mut targets: Vec<usize> = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.ended && i.associations.contains(&association))
+            .map(|(n, _)| n)
+            .collect();
+        if targets.is_empty() && starts {
+            self.instances.push(Instance {
+                state: S::default(),
+                associations: vec![association],
+                compensations: Vec::new(),
+                deadlines: Vec::new(),
+                ended: false,
+            });
+            targets.push(self.instances.len() - 1);
+        }
+        let (mut sent, mut set, mut cancelled) = (Vec::new(), Vec::new(), Vec::new());
+        for index in targets {
+            let now = self.now;
+            let instance = &mut self.instances[index];
+            let step = instance.state.handle(event, now);
+            let (s, d, c) = record(instance, step, now);
+            sent.extend(s);
+            set.extend(d);
+            cancelled.extend(c);
+        }
+        (sent, set, cancelled)
     }
+}
 
-    fn record(&mut self, step: Step<S::Command>) -> (Vec<S::Command>, Vec<String>, Vec<String>) {
-        let mut sent = Vec::new();
-        for send in step.send {
-            sent.push(send.command);
-            if let Some(compensation) = send.compensation {
-                self.compensations.push(compensation);
-            }
+/// Applies a step to an instance as the manager does; answers what it sent, set, cancelled.
+fn record<S: Saga>(
+    instance: &mut Instance<S>,
+    step: Step<S::Command>,
+    now: i64,
+) -> Effects<S::Command> {
+    let mut sent = Vec::new();
+    for send in step.send {
+        sent.push(send.command);
+        if let Some(compensation) = send.compensation {
+            instance.compensations.push(compensation);
         }
-        if step.compensate {
-            sent.extend(self.compensations.drain(..).rev());
-        }
-        for name in &step.cancel_deadlines {
-            self.deadlines.retain(|(_, n)| n != name);
-        }
-        let set: Vec<String> = step.set_deadlines.iter().map(|d| d.name.clone()).collect();
-        for deadline in step.set_deadlines {
-            let after = i64::try_from(deadline.after_seconds).unwrap_or(i64::MAX / 2);
-            self.deadlines.push((self.now + after, deadline.name));
-        }
-        if step.end {
-            self.ended = true;
-            self.deadlines.clear();
-        }
-        (sent, set, step.cancel_deadlines)
     }
+    if step.compensate {
+        sent.extend(instance.compensations.drain(..).rev());
+    }
+    for name in &step.cancel_deadlines {
+        instance.deadlines.retain(|(_, n)| n != name);
+    }
+    let set: Vec<String> = step.set_deadlines.iter().map(|d| d.name.clone()).collect();
+    for deadline in step.set_deadlines {
+        let after = i64::try_from(deadline.after_seconds).unwrap_or(i64::MAX / 2);
+        instance
+            .deadlines
+            .push((now.saturating_add(after), deadline.name));
+    }
+    for association in step.associate {
+        if !instance.associations.contains(&association) {
+            instance.associations.push(association);
+        }
+    }
+    instance
+        .associations
+        .retain(|a| !step.dissociate.contains(a));
+    if step.end {
+        instance.ended = true;
+        instance.deadlines.clear();
+        instance.associations.clear();
+    }
+    (sent, set, step.cancel_deadlines)
 }
 
 impl<S: Saga> SagaThen<S> {
@@ -213,20 +278,31 @@ impl<S: Saga> SagaThen<S> {
         self
     }
 
-    /// Asserts the saga ended.
+    /// Asserts no instance goes on: the saga ended (or never started).
     #[track_caller]
     pub fn expect_ended(self) -> Self {
-        assert!(self.fixture.ended, "the saga did not end");
+        assert!(
+            self.fixture.instances.iter().all(|i| i.ended),
+            "a saga instance is still going"
+        );
         self
     }
 
-    /// Asserts the saga goes on.
+    /// Asserts an instance goes on.
     #[track_caller]
     pub fn expect_active(self) -> Self {
         assert!(
-            self.fixture.state.is_some() && !self.fixture.ended,
-            "the saga is not active"
+            self.fixture.instances.iter().any(|i| !i.ended),
+            "no saga instance is going"
         );
+        self
+    }
+
+    /// Asserts how many instances go on.
+    #[track_caller]
+    pub fn expect_instances(self, live: usize) -> Self {
+        let going = self.fixture.instances.iter().filter(|i| !i.ended).count();
+        assert_eq!(going, live, "instances going");
         self
     }
 

@@ -147,6 +147,28 @@ fn a_hard_prune_compensates_and_cancels_the_check() {
         .expect_no_commands();
 }
 
+#[test]
+fn events_reach_only_the_instances_they_are_associated_with() {
+    SagaFixture::<Gardener>::new()
+        .given([planted("p"), planted("q")])
+        .when(pruned("p", 60))
+        .expect_commands([GardenCommand::Prune {
+            pot: "p".into(),
+            leaves: 1,
+        }])
+        .expect_instances(1)
+        .and()
+        .when(pruned("z", 60))
+        .expect_no_commands()
+        .and()
+        .when_time_elapses(3600)
+        .expect_commands([GardenCommand::Water {
+            pot: "q".into(),
+            millilitres: 20,
+        }])
+        .expect_ended();
+}
+
 fn decoder() -> SagaDecoder<Gardener> {
     Arc::new(|record| {
         (record.stream.aggregate_type == "Pot").then_some(())?;
