@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error          TEXT     NOT NULL,   -- why it failed; for one waiting behind: which position it waits for
     attempts       INTEGER  NOT NULL,
     parked         BOOLEAN  NOT NULL,   -- true: it failed itself; false: it waits behind a failed one
+    skipped        BOOLEAN  NOT NULL DEFAULT FALSE, -- dropped by an operator; kept so rebuilds leave it out too
     parked_at      BIGINT   NOT NULL,
     UNIQUE (processor, position)
 );

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error          TEXT    NOT NULL,    -- why it failed; for one waiting behind: which position it waits for
     attempts       INTEGER NOT NULL,
     parked         INTEGER NOT NULL,    -- 1: it failed itself; 0: it waits behind a failed one of its aggregate
+    skipped        INTEGER NOT NULL DEFAULT 0, -- 1: dropped by an operator; kept so rebuilds leave it out too
     parked_at      INTEGER NOT NULL,
     UNIQUE (processor, position)
 );

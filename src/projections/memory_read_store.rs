@@ -98,12 +98,18 @@ impl ReadStore for MemoryReadStore {
                 error: letter.error,
                 attempts: letter.attempts,
                 parked: letter.parked,
+                skipped: false,
                 parked_at: now,
             });
         }
         inner
             .dead_letters
             .retain(|d| !commit.resolve.contains(&d.id));
+        for letter in &mut inner.dead_letters {
+            if commit.skip.contains(&letter.id) {
+                letter.skipped = true;
+            }
+        }
         Ok(())
     }
 

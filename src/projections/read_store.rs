@@ -36,6 +36,9 @@ pub struct DeadLetter {
     /// True when it failed itself; false when it only waits behind a failed event of its
     /// aggregate.
     pub parked: bool,
+    /// True when an operator skipped it: it blocks nothing any more, and rebuilds leave it out
+    /// as the live generation did.
+    pub skipped: bool,
     /// When it was parked.
     pub parked_at: DateTime<Utc>,
 }
@@ -72,8 +75,10 @@ pub struct Commit<'a> {
     pub position: u64,
     /// Dead letters to add.
     pub park: Vec<NewDeadLetter>,
-    /// Dead letters resolved (retried successfully or skipped).
+    /// Dead letters resolved (applied on a retry): removed.
     pub resolve: Vec<i64>,
+    /// Dead letters skipped: kept, marked skipped.
+    pub skip: Vec<i64>,
     /// Test hook (a crash point): write everything, then fail instead of committing.
     pub fail_before_commit: bool,
 }

@@ -267,8 +267,8 @@ impl ProjectionHandle {
             .map_err(|_| "the projection stopped".to_owned())?
     }
 
-    /// Drops the dead letter `id` without applying it; the events of its aggregate waiting
-    /// behind it are then applied.
+    /// Skips the dead letter `id`: it is never applied (here, or by a later rebuild) but stays
+    /// listed, marked skipped; the events of its aggregate waiting behind it are then applied.
     pub async fn skip(&self, id: i64) -> Result<(), String> {
         let (reply, answer) = oneshot::channel();
         self.control
@@ -316,6 +316,7 @@ pub async fn start_projection(
         .dead_letters(&name)
         .await?
         .into_iter()
+        .filter(|d| !d.skipped)
         .map(|d| d.stream)
         .collect();
     let (status, watcher) = watch::channel(ProcessorStatus {
@@ -588,6 +589,7 @@ impl Runner {
                 position,
                 park,
                 resolve: Vec::new(),
+                skip: Vec::new(),
                 fail_before_commit: take(&self.crash_points),
             })
             .await
@@ -702,7 +704,7 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|d| &d.stream == stream)
+            .filter(|d| &d.stream == stream && !d.skipped)
             .collect();
         if letters.is_empty() {
             self.blocked.remove(stream);
@@ -757,7 +759,7 @@ impl Runner {
         Ok(letters.len())
     }
 
-    /// Drops one dead letter; if its stream then has only waiting letters, applies them.
+    /// Marks one dead letter skipped; if its stream then has only waiting letters, applies them.
     async fn skip(&mut self, id: i64) -> Result<(), String> {
         let letters = self
             .read
@@ -774,14 +776,14 @@ impl Runner {
                 name: self.projection.name(),
                 generation: self.generation,
                 position: self.position,
-                resolve: vec![id],
+                skip: vec![id],
                 ..Commit::default()
             })
             .await
             .map_err(|e| e.to_string())?;
         let still_parked = letters
             .iter()
-            .any(|d| d.id != id && d.stream == stream && d.parked);
+            .any(|d| d.id != id && d.stream == stream && d.parked && !d.skipped);
         if !still_parked {
             self.retry(&stream).await?;
         }

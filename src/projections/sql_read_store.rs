@@ -79,6 +79,7 @@ impl SqlRow for sqlx::sqlite::SqliteRow {
             error: self.try_get("error")?,
             attempts: u32::try_from(self.try_get::<i64, _>("attempts")?).unwrap_or(0),
             parked: self.try_get::<i64, _>("parked")? != 0,
+            skipped: self.try_get::<i64, _>("skipped")? != 0,
             parked_at: crate::store::types::from_micros(self.try_get("parked_at")?),
         })
     }
@@ -99,12 +100,13 @@ impl SqlRow for sqlx::postgres::PgRow {
             error: self.try_get("error")?,
             attempts: u32::try_from(self.try_get::<i32, _>("attempts")?).unwrap_or(0),
             parked: self.try_get("parked")?,
+            skipped: self.try_get("skipped")?,
             parked_at: crate::store::types::from_micros(self.try_get("parked_at")?),
         })
     }
 }
 
-const DEAD_LETTER_COLUMNS: &str = "id, processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, parked_at";
+const DEAD_LETTER_COLUMNS: &str = "id, processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, skipped, parked_at";
 
 #[async_trait]
 impl ReadStore for SqliteReadStore {
@@ -224,6 +226,12 @@ impl ReadStore for SqliteReadStore {
         }
         for id in &commit.resolve {
             sqlx::query("DELETE FROM dead_letters WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for id in &commit.skip {
+            sqlx::query("UPDATE dead_letters SET skipped = 1 WHERE id = ?")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -430,6 +438,12 @@ impl ReadStore for PostgresReadStore {
         if !commit.resolve.is_empty() {
             sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
                 .bind(&commit.resolve)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !commit.skip.is_empty() {
+            sqlx::query("UPDATE dead_letters SET skipped = TRUE WHERE id = ANY($1)")
+                .bind(&commit.skip)
                 .execute(&mut *tx)
                 .await?;
         }
