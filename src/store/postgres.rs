@@ -94,30 +94,28 @@ impl PostgresStore {
     }
 }
 
+/// Reads a row of `EVENT_COLUMNS` by position (no column-name lookups on the hot read path).
 fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    let stream = StreamId::new(
-        row.try_get::<String, _>("aggregate_type")?,
-        row.try_get::<String, _>("aggregate_id")?,
-    );
-    let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
-    let format_code: i16 = row.try_get("payload_format")?;
+    let stream = StreamId::new(row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?);
+    let sequence = to_u64(row.try_get(3)?, "sequence")?;
+    let format_code: i16 = row.try_get(7)?;
     let format =
         PayloadFormat::from_code(i64::from(format_code)).ok_or_else(|| StoreError::Corrupt {
             stream: stream.clone(),
             sequence,
             reason: format!("unknown payload format {format_code}"),
         })?;
-    let metadata: String = row.try_get("metadata")?;
+    let metadata: &str = row.try_get(9)?;
     Ok(RecordedEvent {
-        metadata: Metadata::from_json(&metadata, &stream, sequence)?,
-        position: to_u64(row.try_get("global_position")?, "global_position")?,
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        revision: u32::try_from(row.try_get::<i32, _>("payload_revision")?)
+        metadata: Metadata::from_json(metadata, &stream, sequence)?,
+        position: to_u64(row.try_get(0)?, "global_position")?,
+        event_id: row.try_get(4)?,
+        event_type: row.try_get(5)?,
+        revision: u32::try_from(row.try_get::<i32, _>(6)?)
             .map_err(|_| StoreError::Internal("payload revision out of range".into()))?,
         format,
-        payload: row.try_get("payload")?,
-        recorded_at: from_micros(row.try_get("recorded_at")?),
+        payload: row.try_get(10)?,
+        recorded_at: from_micros(row.try_get(8)?),
         stream,
         sequence,
     })
