@@ -7,7 +7,8 @@
 //! on, and rehydration speed.
 //!
 //! Run: `cargo bench --bench runtime` (PostgreSQL on 127.0.0.1:5432 for its rows).
-//! `NURSERY_BENCH_SCALE` scales the counts (default 1.0).
+//! `NURSERY_BENCH_SCALE` scales the counts (default 1.0); `NURSERY_BENCH_CLIENTS` sets the number of
+//! concurrent clients (default 64); `NURSERY_BENCH_ONLY` picks sections.
 
 #![allow(
     clippy::unwrap_used,
@@ -183,7 +184,11 @@ async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
         .start()
         .await
         .unwrap();
-    let (carts, per_cart, clients) = (scale(1_000), 10, 64);
+    let clients = std::env::var("NURSERY_BENCH_CLIENTS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(64);
+    let (carts, per_cart) = (scale(1_000), 10);
     let (rate, p50, p99) = drive(&runtime, "warm", 64, 2, clients, false).await;
     let _ = (rate, p50, p99);
     let (rate, p50, p99) = drive(&runtime, "carts", carts, per_cart, clients, false).await;
