@@ -179,6 +179,23 @@ pub struct ProcessorStatus {
     pub rebuild_position: Option<u64>,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// The last committed position of the store, as the broker knows it (filled by
+    /// `report`; 0 in `status`).
+    pub head: u64,
+    /// How many events it is behind the head (filled by `report`).
+    pub lag: u64,
+}
+
+/// Fills `head` and `lag` of a status from the broker's head.
+pub(crate) async fn with_head(
+    mut status: ProcessorStatus,
+    broker: &actix::Addr<Broker>,
+) -> ProcessorStatus {
+    if let Ok(broker) = broker.send(crate::actors::Status).await {
+        status.head = broker.head.max(status.position);
+        status.lag = status.head - status.position;
+    }
+    status
 }
 
 enum Control {
@@ -203,6 +220,7 @@ pub struct Lagging {
 #[derive(Clone)]
 pub struct ProjectionHandle {
     name: String,
+    broker: Addr<Broker>,
     status: watch::Receiver<ProcessorStatus>,
     control: mpsc::Sender<Control>,
     read: Arc<dyn ReadStore>,
@@ -218,6 +236,11 @@ impl ProjectionHandle {
     /// Its status now.
     pub fn status(&self) -> ProcessorStatus {
         self.status.borrow().clone()
+    }
+
+    /// Its status with the head and the lag behind it.
+    pub async fn report(&self) -> ProcessorStatus {
+        with_head(self.status(), &self.broker).await
     }
 
     /// Waits until it has applied `position`, up to `timeout` (read-your-writes). Watches the
@@ -326,6 +349,8 @@ pub async fn start_projection(
         state: ProcessorState::Running,
         rebuild_position: None,
         last_error: None,
+        head: 0,
+        lag: 0,
     });
     let (control, controls) = mpsc::channel(16);
     let (sink, events) = mpsc::channel::<EventBatch>(config.channel_capacity.max(1));
@@ -351,6 +376,7 @@ pub async fn start_projection(
     };
     actix_rt::spawn(runner.run(events, controls));
     Ok(ProjectionHandle {
+        broker: broker.clone(),
         name,
         status: watcher,
         control,

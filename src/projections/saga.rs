@@ -99,6 +99,7 @@ struct Outgoing<S: Saga> {
 #[derive(Clone)]
 pub struct SagaHandle {
     name: String,
+    broker: actix::Addr<Broker>,
     status: watch::Receiver<ProcessorStatus>,
     tick: mpsc::Sender<()>,
 }
@@ -112,6 +113,11 @@ impl SagaHandle {
     /// Its status now.
     pub fn status(&self) -> ProcessorStatus {
         self.status.borrow().clone()
+    }
+
+    /// Its status with the head and the lag behind it.
+    pub async fn report(&self) -> ProcessorStatus {
+        super::runner::with_head(self.status(), &self.broker).await
     }
 
     /// Waits until it has handled `position`, up to `timeout`.
@@ -165,6 +171,8 @@ pub async fn start_saga<S: Saga>(
         state: ProcessorState::Running,
         rebuild_position: None,
         last_error: None,
+        head: 0,
+        lag: 0,
     });
     let (sink, events) = mpsc::channel::<EventBatch>(config.channel_capacity.max(1));
     broker
@@ -190,6 +198,7 @@ pub async fn start_saga<S: Saga>(
     actix_rt::spawn(manager.run(events, ticks, config.tick));
     Ok(SagaHandle {
         name,
+        broker,
         status: watcher,
         tick,
     })

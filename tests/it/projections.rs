@@ -191,7 +191,8 @@ pub async fn every_event_is_applied_once_in_order(backend: ReadBackend) {
         .unwrap()
         .unwrap();
     assert_eq!(pot["water"], json!(5 * 2));
-    let status = handle.status();
+    let status = handle.report().await;
+    assert_eq!((status.head, status.lag), (head, 0));
     assert_eq!(
         (status.position, status.state),
         (head, ProcessorState::Running)

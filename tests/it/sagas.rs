@@ -306,6 +306,8 @@ pub async fn the_saga_waters_once_and_fires_its_deadline_once(backend: ReadBacke
         checked.events,
         "the deadline fired once"
     );
+    let report = saga.report().await;
+    assert_eq!((report.lag, report.name.as_str()), (0, "saga:gardener"));
     let left = backend.read.scan("saga:gardener", "", 100).await.unwrap();
     assert!(
         left.is_empty(),
