@@ -13,6 +13,9 @@
 )]
 #![allow(missing_docs, reason = "a benchmark binary")]
 
+mod common;
+
+use common::{BenchDb, scale};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,22 +26,10 @@ use nursery::projections::{
     SqliteReadStore, start_projection,
 };
 use nursery::store::{
-    AppendRequest, Codec, EventStore, ExpectedVersion, Metadata, PostgresStore, RecordedEvent,
-    SqliteStore, StreamId,
+    AppendRequest, Codec, EventStore, ExpectedVersion, Metadata, RecordedEvent, SqliteStore,
+    StreamId,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, Executor, PgConnection};
-use uuid::Uuid;
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("NURSERY_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(1)
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ItemAdded {
@@ -246,25 +237,11 @@ fn main() {
         let read: Arc<dyn ReadStore> = Arc::new(SqliteReadStore::new(&sqlite));
         catch_up("sqlite", Arc::new(sqlite), read).await;
 
-        let name = format!("nursery_pj_{}", Uuid::new_v4().simple());
-        let Ok(mut admin) = PgConnection::connect(&format!("{PG_SERVER}/postgres")).await else {
-            println!("(PostgreSQL is not answering: its rows are skipped)");
+        let Some(db) = BenchDb::create("nursery_pj").await else {
             return;
         };
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let pg = PostgresStore::connect(&format!("{PG_SERVER}/{name}"))
-            .await
-            .unwrap();
-        let read: Arc<dyn ReadStore> = Arc::new(PostgresReadStore::new(&pg));
-        let pool = pg.pool().clone();
-        catch_up("postgres", Arc::new(pg), read).await;
-        pool.close().await;
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await
-            .ok();
+        let read: Arc<dyn ReadStore> = Arc::new(PostgresReadStore::new(&db.store));
+        catch_up("postgres", Arc::new(db.store.clone()), read).await;
+        db.drop().await;
     });
 }

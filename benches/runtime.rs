@@ -18,6 +18,9 @@
 )]
 #![allow(missing_docs, reason = "a benchmark binary")]
 
+mod common;
+
+use common::{BenchDb, scale};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,21 +29,11 @@ use nursery::actors::{PassivationConfig, Runtime, RuntimeConfig};
 use nursery::domain::{Aggregate, Command};
 use nursery::store::{
     AppendRequest, Codec, EventStore, EventStoreExt, ExpectedVersion, MemoryStore, Metadata,
-    PostgresStore, Repository, SnapshotPolicy, SqliteStore,
+    Repository, SnapshotPolicy, SqliteStore,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, Executor, PgConnection, QueryBuilder};
+use sqlx::{Executor, QueryBuilder};
 use uuid::Uuid;
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("NURSERY_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(1)
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ItemAdded {
@@ -520,19 +513,12 @@ fn main() {
             raw_sqlite(raw).await;
         }
 
-        let name = format!("nursery_rt_{}", Uuid::new_v4().simple());
-        let admin = PgConnection::connect(&format!("{PG_SERVER}/postgres")).await;
-        let mut pg_store = None;
-        if let Ok(mut admin) = admin {
-            admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-            let pg = PostgresStore::connect(&format!("{PG_SERVER}/{name}")).await.unwrap();
+        let pg_store = BenchDb::create("nursery_rt").await;
+        if let Some(db) = &pg_store {
             if section("commands") {
-                runtime_rows("postgres", Arc::new(pg.clone())).await;
-                raw_postgres(pg.pool().clone()).await;
+                runtime_rows("postgres", Arc::new(db.store.clone())).await;
+                raw_postgres(db.store.pool().clone()).await;
             }
-            pg_store = Some((admin, pg));
-        } else {
-            println!("(PostgreSQL is not answering: its rows are skipped)");
         }
 
         println!();
@@ -541,17 +527,16 @@ fn main() {
             let dir2 = tempfile::tempdir().unwrap();
             let url2 = format!("sqlite://{}", dir2.path().join("rehydrate.db").display());
             rehydration_rows("sqlite", Arc::new(SqliteStore::connect(&url2).await.unwrap())).await;
-            if let Some((_, pg)) = &pg_store {
-                rehydration_rows("postgres", Arc::new(pg.clone())).await;
+            if let Some(db) = &pg_store {
+                rehydration_rows("postgres", Arc::new(db.store.clone())).await;
             }
         }
         if section("memory") {
             memory_rows().await;
         }
 
-        if let Some((mut admin, pg)) = pg_store {
-            pg.pool().close().await;
-            admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.ok();
+        if let Some(db) = pg_store {
+            db.drop().await;
         }
     });
 }

@@ -12,26 +12,19 @@
     reason = "a benchmark aborts on failure"
 )]
 
+mod common;
+
+use common::{BenchDb, scale};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nursery::store::{
     AppendRequest, EventStore, ExpectedVersion, MemoryStore, Metadata, NewEvent, PayloadFormat,
-    PostgresStore, SqliteStore, StreamId,
+    SqliteStore, StreamId,
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool, QueryBuilder, SqlitePool};
+use sqlx::{Executor, PgPool, QueryBuilder, SqlitePool};
 use uuid::Uuid;
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("NURSERY_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(1)
-}
 
 fn event() -> NewEvent {
     NewEvent {
@@ -251,18 +244,10 @@ async fn main() {
         report("sqlite", workload, store, Some(raw));
     }
 
-    let name = format!("nursery_bench_{}", Uuid::new_v4().simple());
-    let Ok(mut admin) = PgConnection::connect(&format!("{PG_SERVER}/postgres")).await else {
-        println!("\n(PostgreSQL is not answering on 127.0.0.1:5432: its rows are skipped)");
+    let Some(db) = BenchDb::create("nursery_bench").await else {
         return;
     };
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let pg = PostgresStore::connect(&format!("{PG_SERVER}/{name}"))
-        .await
-        .unwrap();
+    let pg = db.store.clone();
     let raw_pg = pg.pool().clone();
     raw_pg
         .execute(
@@ -280,10 +265,6 @@ async fn main() {
         let store = store_run(Arc::clone(&pg), workload, run).await;
         report("postgres", workload, store, Some(raw));
     }
-    raw_pg.close().await;
     drop(pg);
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .ok();
+    db.drop().await;
 }

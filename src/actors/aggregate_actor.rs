@@ -419,14 +419,14 @@ impl<A: Aggregate> AggregateActor<A> {
         if broken {
             metrics::counter!("nursery_aggregate_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
-            self.snapshot_if_due(before, version, None);
+            // A partly written group takes no snapshot: the next full flush does.
             self.rehydrate(ctx);
             return;
         }
         self.restarts = 0;
         self.state = working;
         self.version = after;
-        self.snapshot_if_due(before, after, Some(self.state.clone()));
+        self.snapshot_if_due(before, after);
         ctx.notify(Flush);
     }
 
@@ -441,14 +441,17 @@ impl<A: Aggregate> AggregateActor<A> {
         }
     }
 
-    /// Snapshots in the background when the version crossed a snapshot point. Without a state
-    /// (a group only partly written) the snapshot is taken at the next full flush instead.
-    fn snapshot_if_due(&self, before: u64, after: u64, state: Option<A>) {
-        let repository = self.settings.repository.clone();
-        let Some(state) = state.filter(|_| repository.policy().due(before, after)) else {
+    /// Snapshots in the background when the version crossed a snapshot point; the state is
+    /// copied only then, not on every flush.
+    fn snapshot_if_due(&self, before: u64, after: u64) {
+        if !self.settings.repository.policy().due(before, after) {
             return;
-        };
-        let id = Arc::clone(&self.id);
+        }
+        let (repository, id, state) = (
+            self.settings.repository.clone(),
+            Arc::clone(&self.id),
+            self.state.clone(),
+        );
         actix::spawn(async move { repository.snapshot_if_due(&id, &state, before, after).await });
     }
 
@@ -457,11 +460,6 @@ impl<A: Aggregate> AggregateActor<A> {
             self.recent.pop_front();
         }
         self.recent.push_back(command_id);
-    }
-
-    /// The version the actor's state is at (for tests and diagnostics).
-    pub fn version(&self) -> u64 {
-        self.version
     }
 }
 

@@ -109,6 +109,21 @@ impl Documents {
         }
     }
 
+    /// Of `keys`, those neither loaded nor written yet.
+    pub(crate) fn missing(&self, keys: Vec<String>) -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| !self.docs.contains_key(k))
+            .collect()
+    }
+
+    /// Records what a load of `keys` found (a key not found is known absent).
+    pub(crate) fn absorb(&mut self, keys: Vec<String>, mut loaded: HashMap<String, Value>) {
+        for key in keys {
+            let value = loaded.remove(&key);
+            self.docs.insert(key, value);
+        }
+    }
+
     /// The documents changed, to write: `None` deletes.
     pub fn into_writes(self) -> Vec<(String, Option<Value>)> {
         self.writes()

@@ -17,7 +17,6 @@
 //!
 //! Must not touch: HTTP; concrete sagas live in the domain.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::read_store::{Commit, NewDeadLetter, ReadStore};
-use super::runner::{ProcessorState, ProcessorStatus};
+use super::runner::{Documents, ProcessorState, ProcessorStatus};
 use crate::actors::{Broker, EventBatch, Subscribe};
 use crate::clock::Clock;
 use crate::domain::{Association, Routing, Saga, Step};
@@ -650,12 +649,12 @@ impl From<StoreError> for HandleError {
     }
 }
 
-/// The documents one step touches.
+/// The documents one step touches: the projections' [`Documents`], loaded in steps (a step
+/// learns which instances to load from the association documents it loaded first).
 struct Docs {
     name: String,
     generation: u32,
-    docs: HashMap<String, Option<Value>>,
-    dirty: BTreeSet<String>,
+    docs: Documents,
 }
 
 impl Docs {
@@ -668,62 +667,35 @@ impl Docs {
         let mut docs = Self {
             name: name.to_owned(),
             generation,
-            docs: HashMap::new(),
-            dirty: BTreeSet::new(),
+            docs: Documents::default(),
         };
         docs.extend(read, keys).await?;
         Ok(docs)
     }
 
     async fn extend(&mut self, read: &dyn ReadStore, keys: Vec<String>) -> Result<(), HandleError> {
-        let missing: Vec<String> = keys
-            .into_iter()
-            .filter(|k| !self.docs.contains_key(k))
-            .collect();
+        let missing = self.docs.missing(keys);
         if missing.is_empty() {
             return Ok(());
         }
-        let mut loaded = read.load(&self.name, self.generation, &missing).await?;
-        for key in missing {
-            let value = loaded.remove(&key);
-            self.docs.insert(key, value);
-        }
+        let loaded = read.load(&self.name, self.generation, &missing).await?;
+        self.docs.absorb(missing, loaded);
         Ok(())
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, HandleError> {
-        match self.docs.get(key).and_then(Option::as_ref) {
-            Some(value) => serde_json::from_value(value.clone())
-                .map(Some)
-                .map_err(|e| {
-                    HandleError::Poison(format!("saga document {key} does not decode: {e}"))
-                }),
-            None => Ok(None),
-        }
+        self.docs.get_as(key).map_err(HandleError::Poison)
     }
 
     fn put(&mut self, key: &str, value: &impl Serialize) -> Result<(), HandleError> {
-        let value = serde_json::to_value(value).map_err(|e| {
-            HandleError::Poison(format!("saga document {key} does not encode: {e}"))
-        })?;
-        self.docs.insert(key.to_owned(), Some(value));
-        self.dirty.insert(key.to_owned());
-        Ok(())
+        self.docs.put(key, value).map_err(HandleError::Poison)
     }
 
     fn remove(&mut self, key: &str) {
-        self.docs.insert(key.to_owned(), None);
-        self.dirty.insert(key.to_owned());
+        self.docs.remove(key);
     }
 
-    fn writes(mut self) -> Vec<(String, Option<Value>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .map(|key| {
-                let value = self.docs.remove(&key).flatten();
-                (key, value)
-            })
-            .collect()
+    fn writes(self) -> Vec<(String, Option<Value>)> {
+        self.docs.into_writes()
     }
 }

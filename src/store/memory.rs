@@ -7,10 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use uuid::Uuid;
 
-use super::plan::{StoredId, plan};
+use super::plan::{StoredId, plan, stored_now};
 use super::{
     AppendRequest, AppendResult, EventStore, RecordedEvent, Snapshot, StoreError, StreamId,
 };
@@ -75,7 +74,7 @@ impl EventStore for MemoryStore {
             })
             .collect();
         let head = inner.events.len() as u64;
-        let now = Utc::now();
+        let now = stored_now();
         let planned = plan(batch, versions, stored, head, now);
         for row in planned.rows {
             let index = inner.events.len();

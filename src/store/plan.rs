@@ -39,6 +39,28 @@ pub(crate) struct Plan<'a> {
     pub head: u64,
 }
 
+/// The distinct streams of a batch, sorted (the order every backend reads their versions in).
+pub(crate) fn batch_streams(batch: &[AppendRequest]) -> Vec<&StreamId> {
+    let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
+    streams.sort();
+    streams.dedup();
+    streams
+}
+
+/// Every event id of a batch, in order.
+pub(crate) fn batch_event_ids(batch: &[AppendRequest]) -> Vec<Uuid> {
+    batch
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect()
+}
+
+/// Now, at the precision the stores keep (microseconds), so an append's answer and what is
+/// read back agree.
+pub(crate) fn stored_now() -> DateTime<Utc> {
+    super::types::from_micros(Utc::now().timestamp_micros())
+}
+
 /// Rejects what no backend may store, before touching the database.
 pub(crate) fn validate(request: &AppendRequest) -> Result<(), StoreError> {
     let mut ids = HashSet::with_capacity(request.events.len());

@@ -30,13 +30,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::plan::{StoredId, plan};
+use super::plan::{StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
     AppendRequest, AppendResult, Appended, EventStore, ExpectedVersion, Metadata, PayloadFormat,
@@ -276,15 +275,10 @@ impl PostgresStore {
     ) -> Result<Vec<AppendResult>, StoreError> {
         let mut tx = self.pool.begin().await?;
 
-        let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
-        streams.sort();
-        streams.dedup();
+        let streams = batch_streams(batch);
         let types: Vec<&str> = streams.iter().map(|s| s.aggregate_type.as_str()).collect();
         let ids: Vec<&str> = streams.iter().map(|s| s.aggregate_id.as_str()).collect();
-        let event_ids: Vec<Uuid> = batch
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.event_id))
-            .collect();
+        let event_ids = batch_event_ids(batch);
         let rows = sqlx::query(LOCK_AND_READ_SQL)
             .bind(&types)
             .bind(&ids)
@@ -324,14 +318,8 @@ impl PostgresStore {
 
         let head =
             head.ok_or_else(|| StoreError::Internal("the append lock answered no head".into()))?;
-        let recorded_at = Utc::now();
-        let planned = plan(
-            batch,
-            versions,
-            stored,
-            head,
-            from_micros(recorded_at.timestamp_micros()),
-        );
+        let recorded_at = stored_now();
+        let planned = plan(batch, versions, stored, head, recorded_at);
         if planned.rows.is_empty() {
             tx.rollback().await?;
             return Ok(planned.results);
@@ -415,7 +403,7 @@ impl PostgresStore {
             .iter()
             .map(|s| s.aggregate_id.as_str())
             .collect();
-        let recorded_at = from_micros(Utc::now().timestamp_micros());
+        let recorded_at = stored_now();
         let row = sqlx::query(FAST_APPEND_SQL)
             .bind(&types)
             .bind(&ids)

@@ -13,7 +13,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -21,7 +20,7 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::plan::{StoredId, plan};
+use super::plan::{StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
     AppendRequest, AppendResult, EventStore, Metadata, PayloadFormat, RecordedEvent, Snapshot,
@@ -119,22 +118,11 @@ impl EventStore for SqliteStore {
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
 
-        let mut streams: Vec<&StreamId> = batch.iter().map(|r| &r.stream).collect();
-        streams.sort();
-        streams.dedup();
-        let ids: Vec<Uuid> = batch
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.event_id))
-            .collect();
+        let streams = batch_streams(batch);
+        let ids = batch_event_ids(batch);
         let (versions, stored, head) = read_current(&mut tx, &streams, &ids).await?;
-        let recorded_at = Utc::now();
-        let planned = plan(
-            batch,
-            versions,
-            stored,
-            head,
-            from_micros(recorded_at.timestamp_micros()),
-        );
+        let recorded_at = stored_now();
+        let planned = plan(batch, versions, stored, head, recorded_at);
         if planned.rows.is_empty() {
             tx.rollback().await?;
             return Ok(planned.results);
