@@ -7,6 +7,7 @@
 mod aggregate;
 mod event;
 mod saga;
+pub mod shop;
 
 pub use aggregate::{Aggregate, Command};
 pub use event::{EventSet, PayloadDecoder};

@@ -58,6 +58,10 @@ pub struct Deadline {
 pub struct Step<C> {
     /// Commands to send, in order.
     pub send: Vec<Send<C>>,
+    /// Compensations to record without sending anything now: the undo of something done
+    /// before the saga started (stock a cart reserved before its checkout started the
+    /// purchase). Recorded before the compensations of `send`.
+    pub undo: Vec<C>,
     /// Deadlines to set.
     pub set_deadlines: Vec<Deadline>,
     /// Deadlines to cancel, by name.
@@ -76,6 +80,7 @@ impl<C> Default for Step<C> {
     fn default() -> Self {
         Self {
             send: Vec::new(),
+            undo: Vec::new(),
             set_deadlines: Vec::new(),
             cancel_deadlines: Vec::new(),
             associate: Vec::new(),
@@ -107,6 +112,13 @@ impl<C> Step<C> {
             command,
             compensation: Some(compensation),
         });
+        self
+    }
+
+    /// Also records `compensation`, to send if the saga later compensates, without sending
+    /// anything now.
+    pub fn undo(mut self, compensation: C) -> Self {
+        self.undo.push(compensation);
         self
     }
 

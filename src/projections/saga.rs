@@ -432,6 +432,7 @@ impl<S: Saga> Manager<S> {
         } = cause;
         let (seed, order, now_micros) = (*seed, *order, *now_micros);
         let mut outgoing: Vec<S::Command> = Vec::new();
+        instance.compensations.extend(step.undo);
         for send in step.send {
             outgoing.push(send.command);
             if let Some(compensation) = send.compensation {

@@ -101,6 +101,22 @@ where
         }
     }
 
+    /// Asserts the command recorded events that `check` accepts (for events with generated
+    /// parts), and returns the state after them.
+    #[track_caller]
+    #[allow(clippy::panic, reason = "a failed expectation fails the test")]
+    pub fn expect_events_matching(self, check: impl FnOnce(&[A::Event]) -> bool) -> A {
+        match self.result {
+            Ok(events) => {
+                assert!(check(&events), "unexpected events {events:?}");
+                let mut state = self.state;
+                state.apply_all(&events);
+                state
+            }
+            Err(error) => panic!("expected events, but the command was rejected: {error:?}"),
+        }
+    }
+
     /// Asserts the command recorded nothing and was not rejected.
     #[track_caller]
     pub fn expect_no_events(self) -> A {

@@ -204,6 +204,7 @@ fn record<S: Saga>(
     now: i64,
 ) -> Effects<S::Command> {
     let mut sent = Vec::new();
+    instance.compensations.extend(step.undo);
     for send in step.send {
         sent.push(send.command);
         if let Some(compensation) = send.compensation {
@@ -249,6 +250,11 @@ impl<S: Saga> SagaThen<S> {
             "the saga sent other commands than expected"
         );
         self
+    }
+
+    /// The commands sent, in order (to check them piecemeal).
+    pub fn sent(&self) -> &[S::Command] {
+        &self.sent
     }
 
     /// Asserts no command was sent.
