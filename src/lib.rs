@@ -15,5 +15,6 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod projections;
+pub mod shop;
 pub mod store;
 pub mod testkit;

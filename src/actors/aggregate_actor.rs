@@ -541,6 +541,26 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
     }
 }
 
+/// A read of an actor's state and version, run inside the actor.
+pub type StateReader<A> = Box<dyn FnOnce(&A, u64) + Send>;
+
+/// Reads the actor's state: `read` runs inside the actor, after rehydration and never while an
+/// append is in flight, so it sees the state as of the last durable decision.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inspect<A: Aggregate> {
+    /// Gets the state and the version.
+    pub read: StateReader<A>,
+}
+
+impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, inspect: Inspect<A>, _: &mut Context<Self>) {
+        (inspect.read)(&self.state, self.version);
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Flush;

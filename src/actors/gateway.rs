@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
-use super::aggregate_actor::{CommandOutcome, CommandResult, Execute};
+use super::aggregate_actor::{CommandOutcome, CommandResult, Execute, Inspect};
 use super::error::{CommandError, Refusal};
 use super::registry::Registry;
 use crate::domain::{Aggregate, Command};
@@ -234,6 +234,48 @@ impl CommandGateway {
                 callback(result);
             }
         });
+    }
+
+    /// Reads aggregate `id` of type `A` through its actor (starting and rehydrating it if
+    /// needed): `read` gets the state as of the last durable decision and its version. For
+    /// what a command needs to know beforehand (a product's price); queries belong to read
+    /// models.
+    pub async fn inspect<A: Aggregate, R: Send + 'static>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&A, u64) -> R + Send + 'static,
+    ) -> Result<R, CommandError<A::Error>> {
+        let registry = self.registry::<A>()?;
+        let (reply, answer) = oneshot::channel();
+        let mut message = Inspect::<A> {
+            read: Box::new(move |state, version| {
+                let _ = reply.send(read(state, version));
+            }),
+        };
+        for _ in 0..3 {
+            let live = registry.get(id);
+            match live.addr.try_send(message) {
+                Ok(()) => break,
+                Err(SendError::Full(full)) => {
+                    live.addr
+                        .send(full)
+                        .await
+                        .map_err(|e| CommandError::Unavailable(e.to_string()))?;
+                    break;
+                }
+                Err(SendError::Closed(back)) => {
+                    registry.forget(id, &live.addr);
+                    message = back;
+                }
+            }
+        }
+        match tokio::time::timeout(self.inner.timeout, answer).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(CommandError::Unavailable(
+                "the actor stopped without answering".into(),
+            )),
+            Err(_) => Err(CommandError::Timeout),
+        }
     }
 
     /// The registry of aggregate type `A`.

@@ -21,7 +21,9 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-pub use aggregate_actor::{ActorSettings, AggregateActor, CommandOutcome, CommandResult, Execute};
+pub use aggregate_actor::{
+    ActorSettings, AggregateActor, CommandOutcome, CommandResult, Execute, Inspect,
+};
 pub use broker::{
     Broker, BrokerConfig, BrokerStatus, EventBatch, Published, Status, Subscribe, Unsubscribe,
 };

@@ -8,6 +8,7 @@ mod memory_read_store;
 mod read_store;
 mod runner;
 mod saga;
+pub mod shop;
 mod sql_read_store;
 
 pub use memory_read_store::MemoryReadStore;

@@ -8,7 +8,9 @@
 //!   commit together; a redelivered event at or below the checkpoint is dropped.
 //! - A command is sent at least once and applied at most once: it waits in the outbox until the
 //!   gateway answered, and its id derives from (saga, event or deadline, index), so a resend
-//!   after a crash is recognised by the aggregate as already applied.
+//!   after a crash is recognised by the aggregate as already applied. Commands of one instance
+//!   go in the order it decided them; one that cannot be sent yet (a provider down) holds back
+//!   only the later commands of its own instance.
 //! - A deadline fires at most once: firing it, its step and its removal commit together. It
 //!   fires late, not never: due deadlines are found by scanning on each tick, after downtime too.
 //!   One manager per saga type runs at a time (one process; issue 7 adds a claim).
@@ -92,6 +94,9 @@ struct DeadlineDoc {
 struct Outgoing<S: Saga> {
     command: S::Command,
     metadata: Metadata,
+    /// The instance that sent it: its later commands wait behind it, other instances' do not.
+    #[serde(default)]
+    instance: Option<String>,
 }
 
 /// A running saga manager.
@@ -450,7 +455,11 @@ impl<S: Saga> Manager<S> {
             };
             docs.put(
                 &outbox_key(order, index, command_id),
-                &Outgoing::<S> { command, metadata },
+                &Outgoing::<S> {
+                    command,
+                    metadata,
+                    instance: Some(instance.id.clone()),
+                },
             )?;
         }
         for name in &step.cancel_deadlines {
@@ -591,17 +600,22 @@ impl<S: Saga> Manager<S> {
     }
 
     /// Sends what waits in the outbox; removes each command once the gateway answered it (or
-    /// refused it for good).
+    /// refused it for good). A command that cannot be sent now holds back the later commands
+    /// of its own instance (their order matters), not those of other instances.
     async fn send_outbox(&mut self) {
         let Ok(pending) = self.read.scan(&self.name, "o:", 1_000).await else {
             return;
         };
+        let mut held: Vec<Option<String>> = Vec::new();
         for (key, value) in pending {
             let Ok(outgoing) = serde_json::from_value::<Outgoing<S>>(value) else {
                 warn!(saga = %self.name, %key, "dropping an outbox entry that does not decode");
                 self.forget(&key).await;
                 continue;
             };
+            if held.contains(&outgoing.instance) {
+                continue;
+            }
             match (self.dispatch)(outgoing.command, outgoing.metadata).await {
                 Ok(()) => self.forget(&key).await,
                 Err(DispatchError::Permanent(reason)) => {
@@ -610,7 +624,7 @@ impl<S: Saga> Manager<S> {
                 }
                 Err(DispatchError::Transient(reason)) => {
                     warn!(saga = %self.name, %key, %reason, "a saga command will be sent again");
-                    return;
+                    held.push(outgoing.instance);
                 }
             }
         }

@@ -17,5 +17,6 @@ mod layout;
 mod projections;
 mod runtime;
 mod sagas;
+mod shop;
 mod store;
 mod support;

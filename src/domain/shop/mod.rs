@@ -1,5 +1,6 @@
 //! The plant shop: its values, its aggregates (product stock, cart, order, invoice, delivery,
-//! payment, notification), its sagas (the purchase and the reservation keeper) and the seed
+//! payment, notification), its sagas (the purchase, payment processing and the reservation
+//! keeper) and the seed
 //! catalog. Each aggregate is one file: adding a command or an event is a change there.
 //!
 //! Must not touch: any runtime, store or clock.
@@ -10,6 +11,7 @@ pub mod invoice;
 pub mod notification;
 pub mod order;
 pub mod payment;
+pub mod payment_processing;
 pub mod product;
 pub mod purchase;
 pub mod reservations;
@@ -23,6 +25,7 @@ pub use invoice::{Invoice, InvoiceCommand, InvoiceError, InvoiceEvent};
 pub use notification::{Notification, NotificationCommand, NotificationEvent};
 pub use order::{Order, OrderCommand, OrderError, OrderEvent};
 pub use payment::{ChargeOutcome, Payment, PaymentCommand, PaymentError, PaymentEvent};
+pub use payment_processing::{PaymentProcessEvent, PaymentProcessing};
 pub use product::{Product, ProductCommand, ProductError, ProductEvent};
 pub use purchase::{Purchase, PurchaseEvent};
 pub use reservations::{ReservationEvent, ReservationKeeper};

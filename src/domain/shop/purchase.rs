@@ -1,5 +1,7 @@
 //! The purchase saga (the seed's PurchaseManagementSaga): a checkout starts it; it places the
-//! order, creates the invoice, prepares the delivery and asks for the payment; when the payment
+//! order, creates the invoice, prepares the delivery and asks for the payment (the payment
+//! processing saga charges the card, so a provider that is down never holds the purchase's
+//! own commands back); when the payment
 //! succeeds it confirms the order, marks the invoice paid, releases the delivery and sells the
 //! held stock; when the payment fails, or no answer comes before the payment deadline, it
 //! compensates instead of rolling back: the order is cancelled, the invoice voided, the
@@ -219,11 +221,6 @@ impl Saga for Purchase {
                         method: event.payment.clone(),
                     },
                 })
-                .send(ShopCommand::Charge {
-                    payment: payment.clone(),
-                    amount: event.total,
-                    token: event.payment.token.clone(),
-                })
                 .associate("invoice_id", invoice.as_str())
                 .associate("delivery_id", delivery.as_str())
                 .associate("payment_id", payment.as_str())
@@ -370,7 +367,6 @@ mod tests {
                 "CreateInvoice",
                 "PrepareDelivery",
                 "RequestPayment",
-                "ChargeCard"
             ]
         );
         then.expect_deadline_set(PAYMENT_DEADLINE).expect_active();
