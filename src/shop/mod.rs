@@ -853,6 +853,29 @@ impl Nursery {
             .ok_or(ShopError::NotFound)
     }
 
+    /// Waits, up to `timeout`, until the order is confirmed or cancelled, and answers it. Wakes
+    /// on each change of the orders read model (a watch), not by polling.
+    pub async fn order_outcome(
+        &self,
+        customer: &CustomerId,
+        order: &OrderId,
+        timeout: Duration,
+    ) -> Result<OrderView, ShopError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let seen = self.position(View::Orders);
+            match self.order(customer, order).await {
+                Ok(view) if view.status == "confirmed" || view.status == "cancelled" => {
+                    return Ok(view);
+                }
+                Ok(_) | Err(ShopError::NotFound) => {}
+                Err(error) => return Err(error),
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.inner.orders.wait_for(seen + 1, left).await?;
+        }
+    }
+
     /// The customer's orders.
     pub async fn orders(&self, customer: &CustomerId) -> Result<Vec<OrderView>, ShopError> {
         let mut orders = Vec::new();

@@ -672,6 +672,14 @@ fn read_models_rebuilt_from_zero_equal_the_live_ones_and_send_nothing_again(db: 
                 all.into_iter().find(|s| s.name == name).unwrap().generation
             }
         };
+        // Every saga's last command sent and applied: nothing moves any more.
+        eventually!("the shop to go quiet", {
+            let head = shop.runtime().store().head().await.unwrap();
+            shop.settle(Duration::from_secs(5)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let still = shop.runtime().store().head().await.unwrap() == head;
+            Some(()).filter(|()| still)
+        });
         for name in ["catalog", "carts", "orders", "notifications"] {
             let live = read.scan(name, "", 100_000).await.unwrap();
             assert!(!live.is_empty(), "{name} is empty");
@@ -926,3 +934,85 @@ on_backends!(
     a_fresh_store_is_seeded_once_with_the_three_plants,
     [Memory, Sqlite]
 );
+
+#[derive(Clone, Debug)]
+enum Move {
+    Add(i64),
+    Remove(i64),
+    Empty,
+    Checkout(bool),
+}
+
+fn a_move() -> impl proptest::strategy::Strategy<Value = Move> {
+    use proptest::prelude::*;
+    prop_oneof![
+        5 => (1i64..4).prop_map(Move::Add),
+        2 => (1i64..3).prop_map(Move::Remove),
+        1 => Just(Move::Empty),
+        1 => any::<bool>().prop_map(Move::Checkout),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Random clients, each with its own cart, playing random moves at the same time against
+    /// one scarce product: stock is conserved, never oversold, and once everything has run its
+    /// course the product holds exactly what the open carts hold.
+    #[test]
+    fn concurrent_random_clients_never_oversell_nor_leak(
+        stock in 0u32..8,
+        clients in proptest::collection::vec(proptest::collection::vec(a_move(), 1..6), 2..7),
+    ) {
+        let world = World::new(Db::Memory);
+        process(async move {
+            let shop = world.start().await;
+            let fern = product("scarce-fern");
+            shop.create_product(fern.clone(), "Scarce fern", "", Money::price(700).unwrap(), stock)
+                .await
+                .unwrap();
+            let mut running = Vec::new();
+            for (n, moves) in clients.into_iter().enumerate() {
+                let shop = shop.clone();
+                let fern = fern.clone();
+                running.push(actix_rt::spawn(async move {
+                    let who = customer(&format!("c{n}"));
+                    let cart = shop.open_cart(&who, None).await.unwrap().cart_id;
+                    for step in moves {
+                        let result = match step {
+                            Move::Add(q) => shop.add_item(&who, &cart, &fern, qty(q), None).await.map(|_| ()),
+                            Move::Remove(q) => shop.remove_item(&who, &cart, &fern, Some(qty(q)), None).await.map(|_| ()),
+                            Move::Empty => shop.empty_cart(&who, &cart, None).await.map(|_| ()),
+                            Move::Checkout(pays) => shop
+                                .checkout(&who, &cart, address(), &card(if pays { PAYS } else { DECLINED }), None)
+                                .await
+                                .map(|_| ()),
+                        };
+                        match result {
+                            Ok(()) => {}
+                            Err(ShopError::InsufficientStock { .. } | ShopError::NotInCart { .. } | ShopError::EmptyCart | ShopError::AlreadyCheckedOut) => {}
+                            Err(other) => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    (who, cart)
+                }));
+            }
+            let mut carts = Vec::new();
+            for client in running {
+                carts.push(client.await.unwrap());
+            }
+            let settled = eventually!("every purchase to finish and every hold to match a cart", {
+                let stock_now = assert_conserved(&shop).await["scarce-fern"];
+                let mut in_open_carts = 0;
+                for (who, cart) in &carts {
+                    let view = shop.cart(who, cart).await.unwrap();
+                    if view.status == "open" {
+                        in_open_carts += view.lines.iter().map(|l| i64::from(l.quantity)).sum::<i64>();
+                    }
+                }
+                Some(stock_now).filter(|s| s.1 == in_open_carts)
+            });
+            assert!(settled.2 <= i64::from(stock), "sold {} of {stock}", settled.2);
+        });
+    }
+}

@@ -116,3 +116,63 @@ impl Projection for CatalogProjection {
         documents.put(key, &view)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::shop::product::{ProductCreated, StockReleased, StockReserved, StockSold};
+    use crate::domain::shop::{CartId, HoldId, Money, OrderId};
+    use crate::testkit::ProjectionFixture;
+
+    fn id<T: TryFrom<String>>(raw: &str) -> T {
+        T::try_from(raw.to_owned()).unwrap_or_else(|_| unreachable!("test ids are valid"))
+    }
+
+    #[test]
+    fn availability_follows_holds_releases_and_sales() -> Result<(), String> {
+        let hold: HoldId = id("h1");
+        let cart: CartId = id("c1");
+        let events: Vec<ProductEvent> = vec![
+            ProductCreated {
+                name: "Monstera".into(),
+                description: "Big leaves".into(),
+                price: Money::from_cents(1000),
+                stock: 10,
+            }
+            .into(),
+            StockReserved {
+                hold: hold.clone(),
+                cart: cart.clone(),
+                quantity: 3,
+                hold_seconds: 60,
+            }
+            .into(),
+            StockSold {
+                hold: hold.clone(),
+                cart: cart.clone(),
+                order: id::<OrderId>("o1"),
+                quantity: 2,
+            }
+            .into(),
+            StockReleased {
+                hold,
+                cart,
+                quantity: 1,
+            }
+            .into(),
+        ];
+        ProjectionFixture::new(CatalogProjection::new(Codec::default()))
+            .given(Product::TYPE, "monstera", events)?
+            .expect_document(
+                "p:monstera",
+                json!({
+                    "id": "monstera", "name": "Monstera", "description": "Big leaves",
+                    "price_cents": 1000, "currency": "EUR",
+                    "available": 8, "reserved": 0, "sold": 2
+                }),
+            );
+        Ok(())
+    }
+}

@@ -133,3 +133,47 @@ impl Projection for NotificationsProjection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::shop::CustomerId;
+    use crate::domain::shop::notification::CustomerNotified;
+    use crate::testkit::ProjectionFixture;
+
+    fn notified() -> Vec<NotificationEvent> {
+        vec![
+            CustomerNotified {
+                customer: CustomerId::parse("alice").unwrap_or_else(|_| unreachable!()),
+                order: None,
+                kind: "order_confirmed".into(),
+                text: "Your order is confirmed.".into(),
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn a_live_notification_is_sent_and_a_replayed_one_is_not() -> Result<(), String> {
+        let notifier = MemoryNotifier::default();
+        let live = ProjectionFixture::new(NotificationsProjection::new(
+            Codec::default(),
+            Arc::new(notifier.clone()),
+        ))
+        .given(Notification::TYPE, "n-1", notified())?;
+        assert_eq!(notifier.sent().len(), 1);
+        let replayed = ProjectionFixture::new(NotificationsProjection::new(
+            Codec::default(),
+            Arc::new(notifier.clone()),
+        ))
+        .replaying(true)
+        .given(Notification::TYPE, "n-1", notified())?;
+        assert_eq!(notifier.sent().len(), 1, "a replay sent it again");
+        assert_eq!(live.documents().len(), 1);
+        assert_eq!(
+            replayed.documents().keys().collect::<Vec<_>>(),
+            live.documents().keys().collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+}
