@@ -14,6 +14,7 @@ pub mod actors;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod projections;
 pub mod shop;
 pub mod store;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::read_store::{Commit, DeadLetter, ReadStore};
+use super::read_store::{Commit, DeadLetter, ReadStore, StoredResponse};
 use crate::store::StoreError;
 
 /// Projection state in memory.
@@ -23,6 +23,7 @@ struct Inner {
     documents: HashMap<(String, u32), BTreeMap<String, Value>>,
     dead_letters: Vec<DeadLetter>,
     next_id: i64,
+    responses: HashMap<(String, String), StoredResponse>,
 }
 
 impl MemoryReadStore {
@@ -171,5 +172,42 @@ impl ReadStore for MemoryReadStore {
             .collect();
         letters.sort_by_key(|d| d.position);
         Ok(letters)
+    }
+
+    async fn recall_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        Ok(self
+            .lock()
+            .responses
+            .get(&(scope.to_owned(), key.to_owned()))
+            .cloned())
+    }
+
+    async fn remember_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+        replace_before: chrono::DateTime<Utc>,
+    ) -> Result<StoredResponse, StoreError> {
+        let mut inner = self.lock();
+        let entry = inner
+            .responses
+            .entry((scope.to_owned(), key.to_owned()))
+            .or_insert_with(|| response.clone());
+        if entry.created_at < replace_before {
+            *entry = response.clone();
+        }
+        Ok(entry.clone())
+    }
+
+    async fn forget_responses(&self, before: chrono::DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let count = inner.responses.len();
+        inner.responses.retain(|_, r| r.created_at >= before);
+        Ok((count - inner.responses.len()) as u64)
     }
 }

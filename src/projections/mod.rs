@@ -12,7 +12,7 @@ pub mod shop;
 mod sql_read_store;
 
 pub use memory_read_store::MemoryReadStore;
-pub use read_store::{Commit, DeadLetter, NewDeadLetter, ReadStore};
+pub use read_store::{Commit, DeadLetter, NewDeadLetter, ReadStore, StoredResponse};
 pub use runner::{
     ApplyContext, Documents, Lagging, ProcessorConfig, ProcessorState, ProcessorStatus, Projection,
     ProjectionHandle, start_projection,

@@ -83,7 +83,23 @@ pub struct Commit<'a> {
     pub fail_before_commit: bool,
 }
 
-/// The state of projections.
+/// A response given to a request that carried an idempotency key: the same key with the same
+/// request answers it again, whatever happened since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// What identifies the request (method, path and body hashed): the same key with another
+    /// request is a client error, not a repeat.
+    pub fingerprint: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: String,
+    /// When it was first given.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The state of projections (and the responses remembered under idempotency keys: the read
+/// side's other durable memory).
 #[async_trait]
 pub trait ReadStore: Send + Sync + 'static {
     /// The generation of `name` that serves, registering `name` at generation 1 if new.
@@ -123,6 +139,26 @@ pub trait ReadStore: Send + Sync + 'static {
 
     /// The dead letters of `processor`, oldest first.
     async fn dead_letters(&self, processor: &str) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// The response remembered under `key` in `scope`, if any.
+    async fn recall_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+
+    /// Remembers `response` under `key` in `scope` unless a response given at or after
+    /// `replace_before` is there; answers the response that stays (the first one wins).
+    async fn remember_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+        replace_before: DateTime<Utc>,
+    ) -> Result<StoredResponse, StoreError>;
+
+    /// Forgets the responses given before `before`; answers how many.
+    async fn forget_responses(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Escapes `prefix` for a `LIKE 'prefix%'` with `\` as the escape character.

@@ -243,6 +243,12 @@ pub struct ProjectionHandle {
 }
 
 impl ProjectionHandle {
+    /// A watch of the projection's status: it changes each time the position moves (for live
+    /// views that follow the read model).
+    pub fn watch(&self) -> watch::Receiver<ProcessorStatus> {
+        self.status.clone()
+    }
+
     /// The projection's name.
     pub fn name(&self) -> &str {
         &self.name

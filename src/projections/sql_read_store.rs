@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 
-use super::read_store::{Commit, DeadLetter, ReadStore, like_prefix};
+use super::read_store::{Commit, DeadLetter, ReadStore, StoredResponse, like_prefix};
 use crate::store::{PostgresStore, SqliteStore, StoreError, StreamId};
 
 /// Projection state in the SQLite file of a [`SqliteStore`].
@@ -330,6 +330,62 @@ impl ReadStore for SqliteReadStore {
         .await?;
         rows.iter().map(SqlRow::dead_letter).collect()
     }
+
+    async fn recall_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| stored_response(&row)).transpose()
+    }
+
+    async fn remember_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+        replace_before: chrono::DateTime<Utc>,
+    ) -> Result<StoredResponse, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
+             body = excluded.body, created_at = excluded.created_at WHERE idempotency_keys.created_at < ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(&response.fingerprint)
+        .bind(i64::from(response.status))
+        .bind(&response.body)
+        .bind(response.created_at.timestamp_micros())
+        .bind(replace_before.timestamp_micros())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT fingerprint, status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        stored_response(&row)
+    }
+
+    async fn forget_responses(&self, before: chrono::DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(before.timestamp_micros())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[async_trait]
@@ -541,4 +597,72 @@ impl ReadStore for PostgresReadStore {
         .await?;
         rows.iter().map(SqlRow::dead_letter).collect()
     }
+
+    async fn recall_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, status::INT8 AS status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| stored_response(&row)).transpose()
+    }
+
+    async fn remember_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+        replace_before: chrono::DateTime<Utc>,
+    ) -> Result<StoredResponse, StoreError> {
+        let row = sqlx::query(
+            "WITH put AS (INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+             status = EXCLUDED.status, body = EXCLUDED.body, created_at = EXCLUDED.created_at \
+             WHERE idempotency_keys.created_at < $7 RETURNING fingerprint, status, body, created_at) \
+             SELECT fingerprint, status::INT8 AS status, body, created_at FROM put \
+             UNION ALL SELECT fingerprint, status::INT8, body, created_at FROM idempotency_keys \
+             WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM put) LIMIT 1",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(&response.fingerprint)
+        .bind(i16::try_from(response.status).unwrap_or(i16::MAX))
+        .bind(&response.body)
+        .bind(response.created_at.timestamp_micros())
+        .bind(replace_before.timestamp_micros())
+        .fetch_one(&self.pool)
+        .await?;
+        stored_response(&row)
+    }
+
+    async fn forget_responses(&self, before: chrono::DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(before.timestamp_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn stored_response<R>(row: &R) -> Result<StoredResponse, StoreError>
+where
+    R: Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: i64 = row.try_get("status")?;
+    let created: i64 = row.try_get("created_at")?;
+    Ok(StoredResponse {
+        fingerprint: row.try_get("fingerprint")?,
+        status: u16::try_from(status).unwrap_or(500),
+        body: row.try_get("body")?,
+        created_at: crate::store::types::from_micros(created),
+    })
 }

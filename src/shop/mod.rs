@@ -459,6 +459,22 @@ impl Nursery {
         }
     }
 
+    /// Puts a new product on the shelf under a given command id (a retry with the same id
+    /// changes nothing).
+    pub async fn create_product_as(
+        &self,
+        command_id: Option<Uuid>,
+        id: ProductId,
+        name: &str,
+        description: &str,
+        price: Money,
+        stock: u32,
+    ) -> Result<Accepted, ShopError> {
+        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        self.create_product_with(command_id, id, name, description, price, stock)
+            .await
+    }
+
     /// Puts a new product on the shelf (an admin command).
     pub async fn create_product(
         &self,
@@ -770,6 +786,16 @@ impl Nursery {
             .await?)
     }
 
+    /// A watch of `view`'s status: it changes each time the view's position moves.
+    pub fn watch(&self, view: View) -> tokio::sync::watch::Receiver<ProcessorStatus> {
+        self.handle(view).watch()
+    }
+
+    /// Whether the event store answers (for readiness).
+    pub async fn ping(&self) -> Result<(), ShopError> {
+        Ok(self.inner.store.ping().await?)
+    }
+
     /// The position `view` has applied.
     pub fn position(&self, view: View) -> u64 {
         self.handle(view).status().position
@@ -998,6 +1024,41 @@ impl Nursery {
             all.extend(self.handle(view).dead_letters().await?);
         }
         Ok(all)
+    }
+
+    /// Retries the dead letter `id` (and the events of its aggregate waiting behind it), in
+    /// the read model that parked it; answers how many events were applied. `NotFound` if no
+    /// read model has it.
+    pub async fn retry_dead_letter(&self, id: i64) -> Result<usize, ShopError> {
+        for view in [
+            View::Catalog,
+            View::Carts,
+            View::Orders,
+            View::Notifications,
+        ] {
+            let handle = self.handle(view);
+            let letters = handle.dead_letters().await?;
+            if let Some(letter) = letters.into_iter().find(|d| d.id == id) {
+                return handle
+                    .retry(letter.stream)
+                    .await
+                    .map_err(ShopError::Rejected);
+            }
+        }
+        Err(ShopError::NotFound)
+    }
+
+    /// The names of the read models, for rebuilds.
+    pub fn view_names(&self) -> Vec<String> {
+        [
+            View::Catalog,
+            View::Carts,
+            View::Orders,
+            View::Notifications,
+        ]
+        .into_iter()
+        .map(|v| self.handle(v).name().to_owned())
+        .collect()
     }
 
     /// The sagas (purchase, payment processing, reservations), to wait on or tick in tests.

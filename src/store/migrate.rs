@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-/// The migrations for SQLite: the event store, then the processors' tables.
+/// The migrations for SQLite: the event store, the processors' tables, idempotency keys.
 pub fn sqlite_migrator() -> Migrator {
     migrator(&[
         (
@@ -21,11 +21,16 @@ pub fn sqlite_migrator() -> Migrator {
             "processors",
             include_str!("../../migrations/sqlite/0002_processors.sql"),
         ),
+        (
+            3,
+            "idempotency keys",
+            include_str!("../../migrations/sqlite/0003_idempotency.sql"),
+        ),
     ])
 }
 
 /// The migrations for PostgreSQL: the event store, the processors' tables, the one-statement
-/// append.
+/// append, idempotency keys.
 pub fn postgres_migrator() -> Migrator {
     migrator(&[
         (
@@ -42,6 +47,11 @@ pub fn postgres_migrator() -> Migrator {
             3,
             "fast append",
             include_str!("../../migrations/postgres/0003_fast_append.sql"),
+        ),
+        (
+            4,
+            "idempotency keys",
+            include_str!("../../migrations/postgres/0004_idempotency.sql"),
         ),
     ])
 }
