@@ -504,7 +504,11 @@ pub async fn cart_stream(
         (watch, first.version, shop, customer, cart),
         move |(mut watch, mut version, shop, customer, cart)| async move {
             loop {
-                match tokio::time::timeout(Duration::from_secs(15), watch.changed()).await {
+                let changed = tokio::select! {
+                    changed = tokio::time::timeout(Duration::from_secs(15), watch.changed()) => changed,
+                    () = shop.closing() => return None, // the server is stopping
+                };
+                match changed {
                     Err(_) => {
                         let ping = Bytes::from_static(b": keep-alive\n\n");
                         return Some((

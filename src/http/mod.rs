@@ -509,16 +509,48 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
             .wrap(actix_web::middleware::Compress::default())
             .configure(configure(state.clone()))
     })
+    .disable_signals()
     .shutdown_timeout(settings.shutdown_seconds)
     .bind(&settings.bind)
     .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
     let addresses = server.addrs();
     info!(?addresses, role = ?settings.role, database = %settings.database_url, "serving");
-    server.run().await.map_err(|e| e.to_string())?;
-    info!("stopped taking requests; finishing");
+    let server = server.run();
+    let handle = server.handle();
+    let stopping = shop.clone();
+    actix_rt::spawn(async move {
+        let signal = stop_signal().await;
+        info!(%signal, "stopping: no new requests; those in flight finish");
+        stopping.begin_shutdown();
+        handle.stop(true).await;
+    });
+    server.await.map_err(|e| e.to_string())?;
     shop.shutdown(grace).await.map_err(|e| e.to_string())?;
     info!("stopped");
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; answers which.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }
 
 /// Whether `method` is one of the table's.

@@ -302,6 +302,7 @@ impl NurseryBuilder {
                 provider: self.provider,
                 options,
                 closed: AtomicBool::new(false),
+                closing: tokio::sync::watch::channel(false).0,
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
             }),
@@ -359,6 +360,7 @@ struct Inner {
     provider: Arc<dyn PaymentProvider>,
     options: ShopOptions,
     closed: AtomicBool,
+    closing: tokio::sync::watch::Sender<bool>,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -1088,10 +1090,23 @@ impl Nursery {
         Ok(())
     }
 
+    /// Stops taking new commands (they answer `Unavailable`) and tells whoever follows the shop
+    /// (live streams) that it is closing. Commands already in flight go on.
+    pub fn begin_shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Resolves once the shop begins shutting down.
+    pub async fn closing(&self) {
+        let mut closing = self.inner.closing.subscribe();
+        let _ = closing.wait_for(|closing| *closing).await;
+    }
+
     /// Stops taking commands, waits (up to `timeout`) for those in flight to be answered and for
     /// the read side to catch up with them. The actix system is the host's to stop.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), ShopError> {
-        self.inner.closed.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
         let drained = async {
             while self.inner.in_flight.load(Ordering::SeqCst) > 0 {
                 let idle = self.inner.idle.notified();

@@ -13,6 +13,7 @@
 
 mod fixtures;
 mod golden;
+mod http;
 mod layout;
 mod projections;
 mod runtime;
