@@ -144,7 +144,7 @@ pub async fn create_product(
     let (body, raw): (dto::NewProduct, Bytes) = state.json(&req, payload, false).await?;
     let shop = state.shop.clone();
     state
-        .idempotent(&req, "admin", &raw, |command_id| async move {
+        .idempotent(&req, "admin:", &raw, |command_id| async move {
             let id = ProductId::parse(body.id)
                 .map_err(|e| ApiError::invalid("invalid_input", e.to_string()))?;
             let price = Money::price(whole(&body.price_cents, "invalid_price", "price_cents")?)
@@ -185,7 +185,7 @@ pub async fn restock(
     let (body, raw): (dto::Restock, Bytes) = state.json(&req, payload, false).await?;
     let shop = state.shop.clone();
     state
-        .idempotent(&req, "admin", &raw, |command_id| async move {
+        .idempotent(&req, "admin:", &raw, |command_id| async move {
             let quantity = u32::try_from(whole(&body.quantity, "invalid_quantity", "quantity")?)
                 .ok()
                 .filter(|q| (1..=crate::domain::shop::product::MAX_RESTOCK).contains(q))
@@ -212,7 +212,7 @@ pub async fn restock(
 pub async fn open_cart(state: web::Data<State>, req: HttpRequest, payload: web::Payload) -> Answer {
     let customer = state.commanding(&req)?;
     let (_, raw): (dto::NewCart, Bytes) = state.json(&req, payload, true).await?;
-    let scope = customer.to_string();
+    let scope = format!("customer:{customer}");
     let shop = state.shop.clone();
     state
         .idempotent(&req, &scope, &raw, |command_id| async move {
@@ -296,7 +296,7 @@ pub async fn add_item(
     let customer = state.commanding(&req)?;
     let cart: CartId = path_id(&path)?;
     let (body, raw): (dto::AddItem, Bytes) = state.json(&req, payload, false).await?;
-    let scope = customer.to_string();
+    let scope = format!("customer:{customer}");
     let shop = state.shop.clone();
     state
         .idempotent(&req, &scope, &raw, |command_id| async move {
@@ -328,7 +328,7 @@ pub async fn empty_cart(
 ) -> Answer {
     let customer = state.commanding(&req)?;
     let cart: CartId = path_id(&path)?;
-    let scope = customer.to_string();
+    let scope = format!("customer:{customer}");
     let shop = state.shop.clone();
     state
         .idempotent(&req, &scope, b"", |command_id| async move {
@@ -374,7 +374,7 @@ pub async fn remove_item(
             Some(Quantity::parse(n).map_err(|e| ApiError::from(ShopError::from(e)))?)
         }
     };
-    let scope = customer.to_string();
+    let scope = format!("customer:{customer}");
     let shop = state.shop.clone();
     state
         .idempotent(&req, &scope, b"", |command_id| async move {
@@ -415,7 +415,7 @@ pub async fn checkout(
     let customer = state.commanding(&req)?;
     let cart: CartId = path_id(&path)?;
     let (body, raw): (dto::Checkout, Bytes) = state.json(&req, payload, false).await?;
-    let scope = customer.to_string();
+    let scope = format!("customer:{customer}");
     let shop = state.shop.clone();
     state
         .idempotent(&req, &scope, &raw, |command_id| async move {
@@ -537,6 +537,8 @@ pub async fn cart_stream(
     let body = futures_util::StreamExt::chain(stream::once(async move { Ok(opening) }), updates);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
+        // Never compressed: a compressor buffers small chunks, and events must go out at once.
+        .insert_header(("Content-Encoding", "identity"))
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))

@@ -67,7 +67,7 @@ pub(crate) enum Class {
 impl State {
     /// The state of a facade over `shop` with `settings`.
     pub fn new(shop: Nursery, settings: &Settings) -> Self {
-        let key = match &settings.secret {
+        let key = match settings.secret.as_ref().filter(|s| !s.trim().is_empty()) {
             Some(secret) => secret.as_bytes().to_vec(),
             None => {
                 warn!(
@@ -173,11 +173,6 @@ impl State {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this route needs the admin token",
-            )),
-            Err(_) if self.admin_token.is_none() => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "no admin token is configured",
             )),
             Err(e) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -310,7 +305,9 @@ impl State {
             .map(|b| format!("{b:02x}"))
             .collect();
         let store = self.shop.read_store();
-        let now = Utc::now();
+        // To the microsecond, as the stores keep it, so the first answer is recognised as ours.
+        let now = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+            .unwrap_or_else(Utc::now);
         let window_start = now - chrono::Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
         let replay = |stored: StoredResponse| -> Result<HttpResponse, ApiError> {
             if stored.fingerprint != fingerprint {
@@ -333,7 +330,12 @@ impl State {
         {
             return replay(stored);
         }
-        let command_id = Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("{scope}\n{key}").as_bytes());
+        // The request's fingerprint is part of the command id: the same key on another request
+        // (after the window, or if remembering failed) is another command, never a no-op.
+        let command_id = Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            format!("{scope}\n{key}\n{fingerprint}").as_bytes(),
+        );
         let (status, body) = match run(Some(command_id)).await {
             Ok(answer) => answer,
             // A refusal is an answer too (the same request would be refused the same way);

@@ -28,7 +28,9 @@ use uuid::Uuid;
 pub use error::ShopError;
 pub use payments::{ChargeRequest, PaymentProvider, ProviderUnavailable, SimulatedProvider};
 
-use crate::actors::{CommandGateway, CommandOutcome, Runtime, RuntimeConfig, Validation};
+use crate::actors::{
+    CommandError, CommandGateway, CommandOutcome, Runtime, RuntimeConfig, Validation,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::shop::cart::HoldRelease;
 use crate::domain::shop::{
@@ -596,6 +598,15 @@ impl Nursery {
             .await
             .map_err(|e| ShopError::from_command(e, ShopError::from))?
             .map_err(ShopError::from)?;
+        // The product's name and price, before anything is held (a product that does not exist
+        // holds nothing).
+        let (name, unit_price) = gateway
+            .inspect::<Product, _>(product.as_str(), |p, _| {
+                p.exists.then(|| (p.name.clone(), p.price))
+            })
+            .await
+            .map_err(|e| ShopError::from_command(e, ShopError::from))?
+            .ok_or(ShopError::UnknownProduct)?;
         let hold = HoldId::parse(format!("h-{}", derived(command_id, "hold").simple()))?;
         let reserve = ProductCommand::Reserve {
             hold: hold.clone(),
@@ -607,10 +618,6 @@ impl Nursery {
         meta.correlation_id = Some(command_id);
         gateway
             .send_and_wait::<Product>(product.as_str(), reserve, meta.clone())
-            .await
-            .map_err(|e| ShopError::from_command(e, ShopError::from))?;
-        let (name, unit_price) = gateway
-            .inspect::<Product, _>(product.as_str(), |p, _| (p.name.clone(), p.price))
             .await
             .map_err(|e| ShopError::from_command(e, ShopError::from))?;
         let add = CartCommand::AddItem {
@@ -629,9 +636,9 @@ impl Nursery {
                 command_id,
                 position: self.position_of(&outcome).await?,
             }),
-            Err(error) => {
-                // The line was not written: give the hold back now (should this fail too, the
-                // reservation keeper gives it back when the cart has been idle long enough).
+            Err(error @ (CommandError::Rejected(_) | CommandError::Refused(_))) => {
+                // The cart refused: the line was not written, so the hold goes back now (should
+                // this fail too, the reservation keeper gives it back once the cart is idle).
                 let release = ProductCommand::Release { hold, keep: 0 };
                 meta.command_id = Some(derived(command_id, "release"));
                 let _ = gateway
@@ -639,6 +646,10 @@ impl Nursery {
                     .await;
                 Err(ShopError::from_command(error, ShopError::from))
             }
+            // No clear answer (a timeout, a crash, the store): the line may have been written.
+            // The hold stays; if the line never was, the reservation keeper releases it when the
+            // cart has been idle for its hold time. Retrying with the same command id is safe.
+            Err(error) => Err(ShopError::from_command(error, ShopError::from)),
         }
     }
 
@@ -691,35 +702,47 @@ impl Nursery {
             .send_and_wait::<Cart>(cart.as_str(), command, metadata(command_id, Some(customer)))
             .await
             .map_err(|e| ShopError::from_command(e, ShopError::from))?;
-        if outcome.events > 0 {
+        // The events this command wrote: just now, or, for a repeat, the first time (whose
+        // releases may not have gone out: the caller retried after an unclear answer).
+        let events = if outcome.events > 0 {
             let from = outcome.version + 1 - outcome.events as u64;
-            let events = self.events_of::<Cart>(cart.as_str(), from).await?;
-            let releases: Vec<HoldRelease> = events
-                .into_iter()
-                .flat_map(|event| match event {
-                    CartEvent::ItemRemoved(e) => e.releases,
-                    CartEvent::CartEmptied(e) => e.releases,
-                    _ => Vec::new(),
-                })
-                .collect();
-            for (n, release) in releases.into_iter().enumerate() {
-                let command = ProductCommand::Release {
-                    hold: release.hold,
-                    keep: release.keep,
-                };
-                let mut meta =
-                    metadata(derived(command_id, &format!("release-{n}")), Some(customer));
-                meta.correlation_id = Some(command_id);
-                let _ = self
-                    .inner
-                    .gateway
-                    .send_and_wait::<Product>(release.product.as_str(), command, meta)
-                    .await;
+            self.events_of::<Cart>(cart.as_str(), from).await?
+        } else if outcome.duplicate {
+            self.events_of_command::<Cart>(cart.as_str(), command_id)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let releases: Vec<HoldRelease> = events
+            .into_iter()
+            .flat_map(|event| match event {
+                CartEvent::ItemRemoved(e) => e.releases,
+                CartEvent::CartEmptied(e) => e.releases,
+                _ => Vec::new(),
+            })
+            .collect();
+        let mut position = self.position_of(&outcome).await?;
+        for (n, release) in releases.into_iter().enumerate() {
+            let command = ProductCommand::Release {
+                hold: release.hold,
+                keep: release.keep,
+            };
+            let mut meta = metadata(derived(command_id, &format!("release-{n}")), Some(customer));
+            meta.correlation_id = Some(command_id);
+            // Absolute releases: sending one again releases nothing twice. One that fails here
+            // is sent by the reservation keeper once the cart is idle.
+            if let Ok(released) = self
+                .inner
+                .gateway
+                .send_and_wait::<Product>(release.product.as_str(), command, meta)
+                .await
+            {
+                position = position.max(released.position.unwrap_or(0));
             }
         }
         Ok(Accepted {
             command_id,
-            position: self.position_of(&outcome).await?,
+            position,
         })
     }
 
@@ -761,6 +784,24 @@ impl Nursery {
     ) -> Result<Vec<A::Event>, ShopError> {
         let stream = StreamId::new(A::TYPE, id);
         let records: Vec<_> = stream_events(&*self.inner.store, &stream, from)
+            .try_collect()
+            .await?;
+        records
+            .iter()
+            .map(|r| self.inner.codec.decode_event::<A::Event>(r))
+            .collect::<Result<_, _>>()
+            .map_err(ShopError::from)
+    }
+
+    /// The events a command wrote to aggregate `id`, found by the command id in their metadata.
+    async fn events_of_command<A: Aggregate>(
+        &self,
+        id: &str,
+        command_id: Uuid,
+    ) -> Result<Vec<A::Event>, ShopError> {
+        let stream = StreamId::new(A::TYPE, id);
+        let records: Vec<_> = stream_events(&*self.inner.store, &stream, 1)
+            .try_filter(|r| std::future::ready(r.metadata.command_id == Some(command_id)))
             .try_collect()
             .await?;
         records

@@ -44,11 +44,12 @@ pub(crate) fn purchase_decoder(codec: Codec) -> SagaDecoder<Purchase> {
                 }),
                 _ => None,
             },
-            (Payment::TYPE, "PaymentSucceeded" | "PaymentFailed") => {
+            (Payment::TYPE, "PaymentSucceeded" | "PaymentFailed" | "PaymentAbandoned") => {
                 match decoded::<PaymentEvent>(&codec, record)? {
                     PaymentEvent::PaymentSucceeded(e) => Some(PurchaseEvent::PaymentSucceeded(e)),
                     PaymentEvent::PaymentFailed(e) => Some(PurchaseEvent::PaymentFailed(e)),
-                    _ => None,
+                    PaymentEvent::PaymentAbandoned(e) => Some(PurchaseEvent::PaymentAbandoned(e)),
+                    PaymentEvent::PaymentRequested(_) => None,
                 }
             }
             _ => None,

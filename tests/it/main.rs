@@ -11,6 +11,8 @@
 )]
 #![allow(missing_docs, reason = "test code")]
 
+mod browser;
+mod cli;
 mod fixtures;
 mod golden;
 mod http;

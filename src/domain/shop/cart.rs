@@ -347,6 +347,11 @@ impl Aggregate for Cart {
                 hold_seconds,
             } => {
                 if self.status != CartStatus::New {
+                    // The same owner opening it again is a repeat (two identical requests in
+                    // one batch); anyone else is refused.
+                    if self.owner.as_ref() == Some(owner) {
+                        return Ok(Vec::new());
+                    }
                     return Err(CartError::AlreadyExists);
                 }
                 Ok(vec![
