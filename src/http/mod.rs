@@ -13,7 +13,7 @@ mod openapi;
 mod ops;
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
@@ -500,6 +500,7 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     }
     let shop = Nursery::builder()
         .database_url(settings.database_url.clone())
+        .role(settings.role)
         .options(shop_options(&settings))
         .start()
         .await
@@ -520,13 +521,26 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     let server = server.run();
     let handle = server.handle();
     let stopping = shop.clone();
+    let lead_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost = Arc::clone(&lead_lost);
     actix_rt::spawn(async move {
-        let signal = stop_signal().await;
-        info!(%signal, "stopping: no new requests; those in flight finish");
+        tokio::select! {
+            signal = stop_signal() => {
+                info!(%signal, "stopping: no new requests; those in flight finish");
+            }
+            () = stopping.lead_lost() => {
+                // Another events process leads now: this one stops, to wait its turn again.
+                warn!("lost the lead over the event processors; stopping");
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         stopping.begin_shutdown();
         handle.stop(true).await;
     });
     server.await.map_err(|e| e.to_string())?;
+    if lead_lost.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("lost the lead over the event processors".into());
+    }
     shop.shutdown(grace).await.map_err(|e| e.to_string())?;
     info!("stopped");
     Ok(())

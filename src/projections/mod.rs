@@ -4,6 +4,7 @@
 //!
 //! Must not touch: HTTP. Knows the store and the runtime's broker.
 
+mod leader;
 mod memory_read_store;
 mod read_store;
 mod runner;
@@ -11,6 +12,7 @@ mod saga;
 pub mod shop;
 mod sql_read_store;
 
+pub use leader::Leadership;
 pub use memory_read_store::MemoryReadStore;
 pub use read_store::{Commit, DeadLetter, NewDeadLetter, ReadStore, StoredResponse};
 pub use runner::{

@@ -35,6 +35,9 @@ impl SqliteReadStore {
 #[derive(Clone)]
 pub struct PostgresReadStore {
     pool: PgPool,
+    /// When set, every commit checks that this process still leads (the leader row has the
+    /// epoch it took): see [`crate::projections::Leadership`].
+    fence: Option<(String, i64)>,
 }
 
 impl PostgresReadStore {
@@ -42,7 +45,21 @@ impl PostgresReadStore {
     pub fn new(store: &PostgresStore) -> Self {
         Self {
             pool: store.pool().clone(),
+            fence: None,
         }
+    }
+
+    /// The same store, whose commits go through only while `leadership` holds.
+    pub fn fenced(&self, leadership: &super::Leadership) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            fence: Some((leadership.name().to_owned(), leadership.epoch())),
+        }
+    }
+
+    /// The pool (for taking the lead).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 
@@ -437,6 +454,18 @@ impl ReadStore for PostgresReadStore {
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
         let generation = i32::try_from(commit.generation).unwrap_or(i32::MAX);
         let mut tx = self.pool.begin().await?;
+        if let Some((name, epoch)) = &self.fence {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT epoch FROM processor_leaders WHERE name = $1 FOR SHARE")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if current != Some(*epoch) {
+                return Err(StoreError::Fenced(format!(
+                    "{name}: this process led at epoch {epoch}, the lead is now at {current:?}"
+                )));
+            }
+        }
         let (puts, deletes): (Vec<_>, Vec<_>) =
             commit.writes.iter().partition(|(_, body)| body.is_some());
         if !puts.is_empty() {

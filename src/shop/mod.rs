@@ -13,6 +13,7 @@
 
 mod error;
 mod payments;
+mod views;
 mod wiring;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::actors::{
     CommandError, CommandGateway, CommandOutcome, Runtime, RuntimeConfig, Validation,
 };
 use crate::clock::{Clock, SystemClock};
+use crate::config::Role;
 use crate::domain::shop::cart::HoldRelease;
 use crate::domain::shop::{
     Address, CardNumber, Cart, CartCommand, CartEvent, CartId, CustomerId, Delivery, HoldId,
@@ -44,14 +46,14 @@ use crate::projections::shop::{
     NotificationsProjection, Notifier, OrderView, OrdersProjection, ProductView,
 };
 use crate::projections::{
-    DeadLetter, MemoryReadStore, PostgresReadStore, ProcessorConfig, ProcessorStatus,
-    ProjectionHandle, ReadStore, SagaConfig, SagaHandle, SqliteReadStore, start_projection,
-    start_saga,
+    DeadLetter, Leadership, MemoryReadStore, PostgresReadStore, ProcessorConfig, ProcessorStatus,
+    ReadStore, SagaConfig, SagaHandle, SqliteReadStore, start_projection, start_saga,
 };
 use crate::store::{
     Codec, EventStore, MemoryStore, Metadata, PostgresStore, SqliteStore, StoreError, StreamId,
     stream_events,
 };
+use views::{RemoteView, ViewHandle};
 
 /// The shop's settings.
 #[derive(Clone, Debug)]
@@ -90,6 +92,7 @@ impl Default for ShopOptions {
 /// Builds a [`Nursery`].
 pub struct NurseryBuilder {
     database_url: String,
+    role: Role,
     stores: Option<(Arc<dyn EventStore>, Arc<dyn ReadStore>)>,
     options: ShopOptions,
     clock: Arc<dyn Clock>,
@@ -174,6 +177,7 @@ impl Default for NurseryBuilder {
     fn default() -> Self {
         Self {
             database_url: crate::config::DEFAULT_DATABASE_URL.to_owned(),
+            role: Role::All,
             stores: None,
             options: ShopOptions::default(),
             clock: Arc::new(SystemClock),
@@ -188,6 +192,16 @@ impl NurseryBuilder {
     /// `memory://`.
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = url.into();
+        self
+    }
+
+    /// What this process runs (default: everything). `Command`: the aggregates, no read model
+    /// or saga. `Query`: no aggregate; the read models are followed through their checkpoints
+    /// in the shared database, as the events process writes them. `Events`: the aggregates (the
+    /// sagas send commands), the read models and the sagas, once this process leads them (on
+    /// PostgreSQL, one events process at a time leads; the others wait).
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
         self
     }
 
@@ -223,34 +237,57 @@ impl NurseryBuilder {
 
     /// Opens the stores, starts everything, seeds the catalog. Call it inside an actix system.
     pub async fn start(self) -> Result<Nursery, ShopError> {
-        let (store, read) = match self.stores {
+        let role = self.role;
+        let runs_aggregates = role != Role::Query;
+        let runs_processors = matches!(role, Role::All | Role::Events);
+        let mut leadership = None;
+        let (store, read): (Arc<dyn EventStore>, Arc<dyn ReadStore>) = match self.stores {
             Some(stores) => stores,
+            None if role == Role::Events && is_postgres(&self.database_url) => {
+                // One events process leads at a time; its commits are fenced by its epoch.
+                let events = PostgresStore::connect(&self.database_url).await?;
+                let read = PostgresReadStore::new(&events);
+                let lead = Leadership::take(read.pool(), "nursery-processors").await?;
+                let fenced = read.fenced(&lead);
+                leadership = Some(lead);
+                (Arc::new(events), Arc::new(fenced))
+            }
             None => open_stores(&self.database_url).await?,
         };
         let options = self.options;
         let codec = options.runtime.codec.clone();
-        let runtime = Runtime::builder(Arc::clone(&store))
+        let mut builder = Runtime::builder(Arc::clone(&store))
             .config(options.runtime.clone())
-            .aggregate::<Product>()
-            .aggregate::<Cart>()
-            .aggregate::<Order>()
-            .aggregate::<Invoice>()
-            .aggregate::<Delivery>()
-            .aggregate::<Payment>()
-            .aggregate::<Notification>()
-            .interceptor(Validation)
-            .start()
-            .await?;
+            .interceptor(Validation);
+        if runs_aggregates {
+            builder = builder
+                .aggregate::<Product>()
+                .aggregate::<Cart>()
+                .aggregate::<Order>()
+                .aggregate::<Invoice>()
+                .aggregate::<Delivery>()
+                .aggregate::<Payment>()
+                .aggregate::<Notification>();
+        }
+        let runtime = builder.start().await?;
         let gateway = runtime.gateway();
         let broker = runtime.broker().clone();
         let project = |projection: Arc<dyn crate::projections::Projection>| {
-            start_projection(
-                projection,
-                Arc::clone(&store),
-                Arc::clone(&read),
-                broker.clone(),
-                options.processors.clone(),
-            )
+            let (store, read, broker) = (Arc::clone(&store), Arc::clone(&read), broker.clone());
+            let config = options.processors.clone();
+            async move {
+                if runs_processors {
+                    Ok::<_, StoreError>(ViewHandle::Local(
+                        start_projection(projection, store, read, broker, config).await?,
+                    ))
+                } else {
+                    Ok(ViewHandle::Remote(RemoteView::follow(
+                        projection.name(),
+                        read,
+                        store,
+                    )))
+                }
+            }
         };
         let catalog = project(Arc::new(CatalogProjection::new(codec.clone()))).await?;
         let carts = project(Arc::new(CartsProjection::new(codec.clone()))).await?;
@@ -260,33 +297,48 @@ impl NurseryBuilder {
             self.notifier,
         )))
         .await?;
-        let purchases = start_saga::<Purchase>(
-            Arc::clone(&read),
-            broker.clone(),
-            wiring::purchase_decoder(codec.clone()),
-            wiring::dispatcher::<Purchase>(gateway.clone(), Arc::clone(&self.provider)),
-            Arc::clone(&self.clock),
-            options.sagas.clone(),
-        )
-        .await?;
-        let payments = start_saga::<PaymentProcessing>(
-            Arc::clone(&read),
-            broker.clone(),
-            wiring::payment_decoder(codec.clone()),
-            wiring::dispatcher::<PaymentProcessing>(gateway.clone(), Arc::clone(&self.provider)),
-            Arc::clone(&self.clock),
-            options.sagas.clone(),
-        )
-        .await?;
-        let reservations = start_saga::<ReservationKeeper>(
-            Arc::clone(&read),
-            broker,
-            wiring::reservation_decoder(codec.clone()),
-            wiring::dispatcher::<ReservationKeeper>(gateway.clone(), Arc::clone(&self.provider)),
-            Arc::clone(&self.clock),
-            options.sagas.clone(),
-        )
-        .await?;
+        let mut sagas = Vec::new();
+        if runs_processors {
+            sagas.push(
+                start_saga::<Purchase>(
+                    Arc::clone(&read),
+                    broker.clone(),
+                    wiring::purchase_decoder(codec.clone()),
+                    wiring::dispatcher::<Purchase>(gateway.clone(), Arc::clone(&self.provider)),
+                    Arc::clone(&self.clock),
+                    options.sagas.clone(),
+                )
+                .await?,
+            );
+            sagas.push(
+                start_saga::<PaymentProcessing>(
+                    Arc::clone(&read),
+                    broker.clone(),
+                    wiring::payment_decoder(codec.clone()),
+                    wiring::dispatcher::<PaymentProcessing>(
+                        gateway.clone(),
+                        Arc::clone(&self.provider),
+                    ),
+                    Arc::clone(&self.clock),
+                    options.sagas.clone(),
+                )
+                .await?,
+            );
+            sagas.push(
+                start_saga::<ReservationKeeper>(
+                    Arc::clone(&read),
+                    broker,
+                    wiring::reservation_decoder(codec.clone()),
+                    wiring::dispatcher::<ReservationKeeper>(
+                        gateway.clone(),
+                        Arc::clone(&self.provider),
+                    ),
+                    Arc::clone(&self.clock),
+                    options.sagas.clone(),
+                )
+                .await?,
+            );
+        }
         let nursery = Nursery {
             inner: Arc::new(Inner {
                 runtime,
@@ -298,9 +350,9 @@ impl NurseryBuilder {
                 carts,
                 orders,
                 notifications,
-                purchases,
-                payments,
-                reservations,
+                sagas,
+                leadership,
+                role,
                 provider: self.provider,
                 options,
                 closed: AtomicBool::new(false),
@@ -309,7 +361,7 @@ impl NurseryBuilder {
                 idle: Notify::new(),
             }),
         };
-        if nursery.inner.options.seed_catalog {
+        if nursery.inner.options.seed_catalog && runs_aggregates {
             nursery.seed().await?;
         }
         Ok(nursery)
@@ -340,6 +392,10 @@ pub async fn open_stores(
     }
 }
 
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// The plant shop, running. Cheap to clone; every clone is the same shop.
 #[derive(Clone)]
 pub struct Nursery {
@@ -352,13 +408,13 @@ struct Inner {
     store: Arc<dyn EventStore>,
     read: Arc<dyn ReadStore>,
     codec: Codec,
-    catalog: ProjectionHandle,
-    carts: ProjectionHandle,
-    orders: ProjectionHandle,
-    notifications: ProjectionHandle,
-    purchases: SagaHandle,
-    payments: SagaHandle,
-    reservations: SagaHandle,
+    catalog: ViewHandle,
+    carts: ViewHandle,
+    orders: ViewHandle,
+    notifications: ViewHandle,
+    sagas: Vec<SagaHandle>,
+    leadership: Option<Leadership>,
+    role: Role,
     provider: Arc<dyn PaymentProvider>,
     options: ShopOptions,
     closed: AtomicBool,
@@ -811,7 +867,7 @@ impl Nursery {
             .map_err(ShopError::from)
     }
 
-    fn handle(&self, view: View) -> &ProjectionHandle {
+    fn handle(&self, view: View) -> &ViewHandle {
         match view {
             View::Catalog => &self.inner.catalog,
             View::Carts => &self.inner.carts,
@@ -1030,15 +1086,16 @@ impl Nursery {
     /// Every read model's and saga's status, with the head and the lag.
     pub async fn processors(&self) -> Vec<ProcessorStatus> {
         let inner = &self.inner;
-        vec![
+        let mut all = vec![
             inner.catalog.report().await,
             inner.carts.report().await,
             inner.orders.report().await,
             inner.notifications.report().await,
-            inner.purchases.report().await,
-            inner.payments.report().await,
-            inner.reservations.report().await,
-        ]
+        ];
+        for saga in &inner.sagas {
+            all.push(saga.report().await);
+        }
+        all
     }
 
     /// Rebuilds a read model from position 0 while the current one keeps serving.
@@ -1104,13 +1161,25 @@ impl Nursery {
         .collect()
     }
 
-    /// The sagas (purchase, payment processing, reservations), to wait on or tick in tests.
-    pub fn sagas(&self) -> [&SagaHandle; 3] {
-        [
-            &self.inner.purchases,
-            &self.inner.payments,
-            &self.inner.reservations,
-        ]
+    /// The sagas this process runs (purchase, payment processing, reservations; none in the
+    /// `command` and `query` roles), to wait on or tick in tests.
+    pub fn sagas(&self) -> Vec<&SagaHandle> {
+        self.inner.sagas.iter().collect()
+    }
+
+    /// What this process runs.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// Resolves if this process loses the lead over the event processors (an `events` process
+    /// on PostgreSQL): it must then stop, and start again to wait for the lead. Never resolves
+    /// in a process that does not lead.
+    pub async fn lead_lost(&self) {
+        match &self.inner.leadership {
+            Some(lead) => lead.lost().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Waits until every read model and saga has handled everything written so far, up to

@@ -53,6 +53,11 @@ pub fn postgres_migrator() -> Migrator {
             "idempotency keys",
             include_str!("../../migrations/postgres/0004_idempotency.sql"),
         ),
+        (
+            5,
+            "processor leaders",
+            include_str!("../../migrations/postgres/0005_leaders.sql"),
+        ),
     ])
 }
 

@@ -246,6 +246,10 @@ pub enum StoreError {
     /// A migration failed at start.
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A processor's commit was refused because its process no longer leads the processors
+    /// (another took over). Nothing was written; the process must stop processing.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A broken invariant inside the store (a bug). Report it.
     #[error("internal store error: {0}")]
     Internal(String),

@@ -13,6 +13,7 @@
 
 mod browser;
 mod cli;
+mod deploy;
 mod fixtures;
 mod golden;
 mod http;
