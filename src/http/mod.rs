@@ -495,12 +495,10 @@ pub fn shop_options(settings: &Settings) -> ShopOptions {
 /// has flushed them), lets the read side catch up, and returns.
 pub async fn serve(settings: Settings) -> Result<(), String> {
     let _ = prometheus();
-    if settings.broker_url.is_some() {
-        warn!("NURSERY_BROKER_URL is set, but this build fans events out in process only");
-    }
     let shop = Nursery::builder()
         .database_url(settings.database_url.clone())
         .role(settings.role)
+        .broker_url(settings.broker_url.clone())
         .options(shop_options(&settings))
         .start()
         .await

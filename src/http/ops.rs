@@ -26,21 +26,22 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-/// The process can serve: its event store answers.
+/// The process can serve: its event store answers (and its message broker, where one is
+/// configured).
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", content_type = "text/plain", body = String),
-        (status = 503, description = "The event store does not answer", body = super::dto::ErrorBody),
+        (status = 503, description = "The event store (or the broker) does not answer", body = super::dto::ErrorBody),
     ))]
 pub async fn ready(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    match state.shop.ping().await {
+    match state.shop.ready().await {
         Ok(()) => Ok(HttpResponse::Ok().content_type("text/plain").body("ready")),
         Err(_) => Err(ApiError {
             retry_after: Some(1),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "the event store does not answer",
+                "the event store or the message broker does not answer",
             )
         }),
     }

@@ -7,6 +7,7 @@
 mod leader;
 mod memory_read_store;
 mod read_store;
+mod relay;
 mod runner;
 mod saga;
 pub mod shop;
@@ -15,6 +16,7 @@ mod sql_read_store;
 pub use leader::Leadership;
 pub use memory_read_store::MemoryReadStore;
 pub use read_store::{Commit, DeadLetter, NewDeadLetter, ReadStore, StoredResponse};
+pub use relay::{EXCHANGE, RELAY_NAME, RelayHandle, Render, follow_exchange, start_relay};
 pub use runner::{
     ApplyContext, Documents, Lagging, ProcessorConfig, ProcessorState, ProcessorStatus, Projection,
     ProjectionHandle, start_projection,

@@ -47,7 +47,8 @@ use crate::projections::shop::{
 };
 use crate::projections::{
     DeadLetter, Leadership, MemoryReadStore, PostgresReadStore, ProcessorConfig, ProcessorStatus,
-    ReadStore, SagaConfig, SagaHandle, SqliteReadStore, start_projection, start_saga,
+    ReadStore, RelayHandle, SagaConfig, SagaHandle, SqliteReadStore, follow_exchange,
+    start_projection, start_relay, start_saga,
 };
 use crate::store::{
     Codec, EventStore, MemoryStore, Metadata, PostgresStore, SqliteStore, StoreError, StreamId,
@@ -93,6 +94,7 @@ impl Default for ShopOptions {
 pub struct NurseryBuilder {
     database_url: String,
     role: Role,
+    broker_url: Option<String>,
     stores: Option<(Arc<dyn EventStore>, Arc<dyn ReadStore>)>,
     options: ShopOptions,
     clock: Arc<dyn Clock>,
@@ -178,6 +180,7 @@ impl Default for NurseryBuilder {
         Self {
             database_url: crate::config::DEFAULT_DATABASE_URL.to_owned(),
             role: Role::All,
+            broker_url: None,
             stores: None,
             options: ShopOptions::default(),
             clock: Arc::new(SystemClock),
@@ -202,6 +205,14 @@ impl NurseryBuilder {
     /// PostgreSQL, one events process at a time leads; the others wait).
     pub fn role(mut self, role: Role) -> Self {
         self.role = role;
+        self
+    }
+
+    /// RabbitMQ (`amqp://...`): a process that runs the read models relays every event to the
+    /// `nursery.events` topic exchange; a query process follows the exchange to see changes at
+    /// once. Without it, everything stays in process (and query processes poll).
+    pub fn broker_url(mut self, url: Option<String>) -> Self {
+        self.broker_url = url.filter(|u| !u.is_empty());
         self
     }
 
@@ -272,8 +283,15 @@ impl NurseryBuilder {
         let runtime = builder.start().await?;
         let gateway = runtime.gateway();
         let broker = runtime.broker().clone();
+        let nudge = Arc::new(Notify::new());
+        let follow_every = if self.broker_url.is_some() {
+            views::FOLLOW_WITH_BROKER
+        } else {
+            views::FOLLOW_EVERY
+        };
         let project = |projection: Arc<dyn crate::projections::Projection>| {
             let (store, read, broker) = (Arc::clone(&store), Arc::clone(&read), broker.clone());
+            let nudge = Arc::clone(&nudge);
             let config = options.processors.clone();
             async move {
                 if runs_processors {
@@ -285,6 +303,8 @@ impl NurseryBuilder {
                         projection.name(),
                         read,
                         store,
+                        nudge,
+                        follow_every,
                     )))
                 }
             }
@@ -339,6 +359,28 @@ impl NurseryBuilder {
                 .await?,
             );
         }
+        let broker_connected = Arc::new(AtomicBool::new(false));
+        let mut relay = None;
+        if let Some(url) = &self.broker_url {
+            if runs_processors {
+                relay = Some(
+                    start_relay(
+                        url.clone(),
+                        Arc::clone(&read),
+                        runtime.broker().clone(),
+                        wiring::render(codec.clone()),
+                    )
+                    .await?,
+                );
+            } else if role == Role::Query {
+                let nudge = Arc::clone(&nudge);
+                follow_exchange(
+                    url.clone(),
+                    Arc::clone(&broker_connected),
+                    Arc::new(move || nudge.notify_waiters()),
+                );
+            }
+        }
         let nursery = Nursery {
             inner: Arc::new(Inner {
                 runtime,
@@ -353,6 +395,9 @@ impl NurseryBuilder {
                 sagas,
                 leadership,
                 role,
+                relay,
+                broker_connected,
+                uses_broker: self.broker_url.is_some() && role != Role::Command,
                 provider: self.provider,
                 options,
                 closed: AtomicBool::new(false),
@@ -415,6 +460,9 @@ struct Inner {
     sagas: Vec<SagaHandle>,
     leadership: Option<Leadership>,
     role: Role,
+    relay: Option<RelayHandle>,
+    broker_connected: Arc<AtomicBool>,
+    uses_broker: bool,
     provider: Arc<dyn PaymentProvider>,
     options: ShopOptions,
     closed: AtomicBool,
@@ -895,6 +943,30 @@ impl Nursery {
         Ok(self.inner.store.ping().await?)
     }
 
+    /// Whether this process can serve: the event store answers and, where a broker is
+    /// configured and used (the relay, or a query process following the exchange), it is
+    /// connected.
+    pub async fn ready(&self) -> Result<(), ShopError> {
+        self.ping().await?;
+        if self.inner.uses_broker {
+            let connected = match &self.inner.relay {
+                Some(relay) => relay.connected(),
+                None => self.inner.broker_connected.load(Ordering::SeqCst),
+            };
+            if !connected {
+                return Err(ShopError::unavailable(
+                    "the message broker is not connected",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The AMQP relay, in a process that runs it.
+    pub fn relay(&self) -> Option<&RelayHandle> {
+        self.inner.relay.as_ref()
+    }
+
     /// The position `view` has applied.
     pub fn position(&self, view: View) -> u64 {
         self.handle(view).status().position
@@ -1094,6 +1166,14 @@ impl Nursery {
         ];
         for saga in &inner.sagas {
             all.push(saga.report().await);
+        }
+        if let Some(relay) = &inner.relay {
+            let mut status = relay.status();
+            if let Ok(head) = inner.store.head().await {
+                status.head = head;
+                status.lag = head.saturating_sub(status.position);
+            }
+            all.push(status);
         }
         all
     }

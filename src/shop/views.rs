@@ -12,8 +12,11 @@ use crate::projections::{
 };
 use crate::store::{EventStore, StoreError, StreamId};
 
-/// How often a followed read model's checkpoint is read.
-const FOLLOW_EVERY: Duration = Duration::from_millis(25);
+/// How often a followed read model's checkpoint is read without a broker to say when.
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(25);
+
+/// How often it is read when the event exchange tells of changes (a safety net).
+pub(crate) const FOLLOW_WITH_BROKER: Duration = Duration::from_millis(500);
 
 /// A read model, run here or followed.
 #[derive(Clone)]
@@ -35,7 +38,13 @@ pub(crate) struct RemoteView {
 
 impl RemoteView {
     /// Follows `name`'s checkpoint in `read`.
-    pub(crate) fn follow(name: &str, read: Arc<dyn ReadStore>, store: Arc<dyn EventStore>) -> Self {
+    pub(crate) fn follow(
+        name: &str,
+        read: Arc<dyn ReadStore>,
+        store: Arc<dyn EventStore>,
+        nudge: Arc<tokio::sync::Notify>,
+        every: Duration,
+    ) -> Self {
         let (tell, status) = watch::channel(ProcessorStatus {
             name: name.to_owned(),
             position: 0,
@@ -63,7 +72,12 @@ impl RemoteView {
                         });
                     }
                 }
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                // Read again after `every`, or at once when the event exchange says something
+                // happened.
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = nudge.notified() => {}
+                }
             }
         });
         Self {

@@ -95,6 +95,29 @@ pub(crate) fn reservation_decoder(codec: Codec) -> SagaDecoder<ReservationKeeper
     })
 }
 
+/// Renders a stored shop event's payload as JSON, for the AMQP relay's consumers.
+pub(crate) fn render(codec: Codec) -> crate::projections::Render {
+    fn json<E: crate::domain::EventSet>(
+        codec: &Codec,
+        record: &RecordedEvent,
+    ) -> Option<serde_json::Value> {
+        codec
+            .decode_event::<E>(record)
+            .ok()
+            .and_then(|e| serde_json::to_value(e).ok())
+    }
+    Arc::new(move |record| match record.stream.aggregate_type.as_str() {
+        Cart::TYPE => json::<CartEvent>(&codec, record),
+        Product::TYPE => json::<ProductEvent>(&codec, record),
+        Order::TYPE => json::<crate::domain::shop::OrderEvent>(&codec, record),
+        Invoice::TYPE => json::<crate::domain::shop::InvoiceEvent>(&codec, record),
+        Delivery::TYPE => json::<crate::domain::shop::DeliveryEvent>(&codec, record),
+        Payment::TYPE => json::<PaymentEvent>(&codec, record),
+        Notification::TYPE => json::<crate::domain::shop::NotificationEvent>(&codec, record),
+        _ => None,
+    })
+}
+
 /// Sends the shop sagas' commands.
 pub(crate) fn dispatcher<S>(
     gateway: CommandGateway,

@@ -19,6 +19,7 @@ mod golden;
 mod http;
 mod layout;
 mod projections;
+mod relay;
 mod runtime;
 mod sagas;
 mod shop;

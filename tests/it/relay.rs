@@ -1,0 +1,230 @@
+//! The AMQP relay against a real RabbitMQ, in a fresh vhost: every event reaches the topic
+//! exchange with its event id, routing key `<aggregate type>.<event type>` and a JSON envelope;
+//! cutting the connections loses nothing (the relay reconnects and resumes from its checkpoint).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use nursery::domain::shop::{CustomerId, ProductId, Quantity};
+use nursery::projections::EXCHANGE;
+use nursery::shop::Nursery;
+use nursery::store::{RecordedEvent, stream_all};
+use serde_json::Value;
+
+/// A RabbitMQ vhost that exists for as long as the value does.
+struct Vhost {
+    name: String,
+    url: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl must be installed (RabbitMQ on 127.0.0.1:5672)");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+impl Vhost {
+    fn new() -> Self {
+        let name = format!("nursery_t_{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
+        Self { name, url }
+    }
+
+    /// Closes every connection to the vhost, as a broker restart or a network cut would.
+    fn cut(&self) {
+        rabbitmqctl(&["close_all_connections", "-p", &self.name, "cut by the test"]);
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A durable queue bound to every event, that outlives the test consumer's connections.
+async fn listen(url: &str) -> lapin::Consumer {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            "test-listener".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            "test-listener".into(),
+            EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let consumer = channel
+        .basic_consume(
+            "test-listener".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // The connection lives as long as the consumer's channel needs it.
+    std::mem::forget(connection);
+    consumer
+}
+
+/// Receives messages until the event ids in `wanted` were all seen (or the connection drops).
+async fn receive(
+    consumer: &mut lapin::Consumer,
+    seen: &mut Vec<Value>,
+    wanted: &BTreeSet<String>,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids: BTreeSet<String> = seen
+            .iter()
+            .map(|m| m["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        if wanted.is_subset(&ids) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+                assert_eq!(
+                    delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|m| m.to_string()),
+                    body["event_id"].as_str().map(str::to_owned),
+                    "the message id is the event id"
+                );
+                assert_eq!(
+                    delivery.routing_key.to_string(),
+                    format!(
+                        "{}.{}",
+                        body["aggregate_type"].as_str().unwrap(),
+                        body["type"].as_str().unwrap()
+                    )
+                );
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                seen.push(body);
+            }
+            Ok(Some(Err(_)) | None) => return false,
+            Err(_) => {}
+        }
+    }
+}
+
+async fn stored_ids(shop: &Nursery) -> BTreeSet<String> {
+    let records: Vec<RecordedEvent> = stream_all(&**shop.runtime().store(), 1)
+        .try_collect()
+        .await
+        .unwrap();
+    records.iter().map(|r| r.event_id.to_string()).collect()
+}
+
+#[actix_rt::test]
+async fn every_event_reaches_the_exchange_even_across_a_cut_connection() {
+    let vhost = Vhost::new();
+    let mut consumer = listen(&vhost.url).await;
+    let shop = Nursery::builder()
+        .database_url("memory://")
+        .broker_url(Some(vhost.url.clone()))
+        .start()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    assert!(
+        receive(&mut consumer, &mut seen, &stored_ids(&shop).await).await,
+        "the seed never arrived"
+    );
+    let created = seen.iter().find(|m| m["type"] == "ProductCreated").unwrap();
+    assert_eq!(created["aggregate_type"], "Product");
+    assert!(created["data"]["name"].is_string(), "{created}");
+    assert!(created["position"].is_u64() && created["sequence"] == 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shop.ready().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready with the relay connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Cut every connection; write while the relay is away.
+    vhost.cut();
+    let alice = CustomerId::parse("alice").unwrap();
+    let cart = shop.open_cart(&alice, None).await.unwrap().cart_id;
+    shop.add_item(
+        &alice,
+        &cart,
+        &ProductId::parse("monstera").unwrap(),
+        Quantity::parse(2).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let head = shop.runtime().store().head().await.unwrap();
+    let relay = shop.relay().unwrap().clone();
+    assert!(
+        relay.wait_for(head, Duration::from_secs(30)).await,
+        "the relay never caught up after the cut"
+    );
+    let mut consumer = listen(&vhost.url).await;
+    let wanted = stored_ids(&shop).await;
+    assert!(
+        receive(&mut consumer, &mut seen, &wanted).await,
+        "events were lost across the cut"
+    );
+    let kinds: BTreeSet<&str> = seen.iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert!(
+        kinds.contains("ItemAdded") && kinds.contains("StockReserved"),
+        "{kinds:?}"
+    );
+    shop.shutdown(Duration::from_secs(5)).await.unwrap();
+}
