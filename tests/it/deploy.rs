@@ -17,7 +17,7 @@ use nursery::shop::open_stores;
 use nursery::store::{Codec, RecordedEvent, stream_all};
 use serde_json::{Value, json};
 
-use crate::support::FreshPg;
+use crate::support::{FreshPg, Vhost};
 
 const SECRET: &str = "deploy-secret";
 const ADMIN: &str = "deploy-admin";
@@ -42,7 +42,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn launch(role: &str, url: &str) -> Process {
+fn launch(role: &str, url: &str, broker: &str) -> Process {
     let port = free_port();
     let child = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/launch.sh"))
@@ -50,6 +50,7 @@ fn launch(role: &str, url: &str) -> Process {
         .arg(port.to_string())
         .env("NURSERY_BIN", env!("CARGO_BIN_EXE_nursery"))
         .env("NURSERY_DATABASE_URL", url)
+        .env("NURSERY_BROKER_URL", broker)
         .env("NURSERY_SECRET", SECRET)
         .env("NURSERY_ADMIN_TOKEN", ADMIN)
         .env("NURSERY_RATE_LIMIT", "0")
@@ -117,15 +118,20 @@ async fn call(
 fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_correct() {
     let pg = actix_rt::System::new().block_on(FreshPg::new());
     let url = pg.url.clone();
+    let vhost = Vhost::new();
+    let amqp = vhost.url.clone();
     // The schema first, so the processes do not race to create it.
     let migrated = Command::new(env!("CARGO_BIN_EXE_nursery"))
         .args(["migrate", "--database-url", &url])
         .status()
         .unwrap();
     assert!(migrated.success());
-    let mut events_a = launch("events", &url);
-    let commands = [launch("command", &url), launch("command", &url)];
-    let query = launch("query", &url);
+    let mut events_a = launch("events", &url, &amqp);
+    let commands = [
+        launch("command", &url, &amqp),
+        launch("command", &url, &amqp),
+    ];
+    let query = launch("query", &url, &amqp);
     let mut events_b: Option<Process> = None;
     actix_rt::System::new().block_on(async {
         let client = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
@@ -133,7 +139,7 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
             healthy(&client, process).await;
         }
         // The standby: it waits for the lead, so it does not answer yet.
-        events_b = Some(launch("events", &url));
+        events_b = Some(launch("events", &url, &amqp));
         let (status, body) = call(
             &client,
             "POST",
@@ -166,6 +172,34 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
             assert_eq!(status, 201, "{cart}");
             customers.push((token, cart["cart_id"].as_str().unwrap().to_owned()));
         }
+        // An SSE client on the query process, following one cart while both command processes
+        // change it.
+        let (sse_token, sse_cart) = customers[0].clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stream = loop {
+            // The query process sees the new cart once its view has caught up.
+            let response = client
+                .get(format!("{}/api/carts/{sse_cart}/stream", query.base))
+                .insert_header(("Authorization", format!("Bearer {sse_token}")))
+                .timeout(Duration::from_secs(120))
+                .send()
+                .await
+                .unwrap();
+            if response.status().as_u16() == 200 {
+                break response;
+            }
+            assert!(Instant::now() < deadline, "the query process never showed the cart");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let sse_events = Arc::new(Mutex::new(0usize));
+        let counted = sse_events.clone();
+        let sse = actix_rt::spawn(async move {
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                *counted.lock().unwrap() = text.matches("event: cart").count();
+            }
+        });
         let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
         let orders = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
         let bases: Vec<String> = commands.iter().map(|p| p.base.clone()).collect();
@@ -230,6 +264,8 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
         }
         let _ = Command::new("kill").arg("-9").arg(events_a.child.id().to_string()).status();
         let _ = events_a.child.wait();
+        // And the broker drops every connection: the relay and the followers reconnect.
+        vhost.cut();
         for worker in workers {
             worker.await.unwrap();
         }
@@ -317,6 +353,13 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
             let in_view: u64 = view["lines"].as_array().unwrap().iter().map(|l| l["quantity"].as_u64().unwrap()).sum();
             assert_eq!(in_store, in_view, "cart {cart}: the view disagrees with the store");
         }
+        // The SSE client saw the cart change (its first event is the view when it connected).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *sse_events.lock().unwrap() < 3 {
+            assert!(Instant::now() < deadline, "the SSE client got {} events", *sse_events.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sse.abort();
         // The query process follows: a new add shows up in its view without a restart.
         let (token, cart) = &customers[3];
         let (status, added) = call(&client, "POST", format!("{}/api/carts/{cart}/items", commands[1].base), token, Some(json!({ "product_id": "nephrolepis", "quantity": 1 }))).await;
@@ -328,6 +371,7 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
     });
     drop(events_b);
     drop(pg);
+    drop(vhost);
 }
 
 #[actix_rt::test]

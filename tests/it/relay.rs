@@ -3,7 +3,6 @@
 //! cutting the connections loses nothing (the relay reconnects and resumes from its checkpoint).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -19,46 +18,7 @@ use nursery::shop::Nursery;
 use nursery::store::{RecordedEvent, stream_all};
 use serde_json::Value;
 
-/// A RabbitMQ vhost that exists for as long as the value does.
-struct Vhost {
-    name: String,
-    url: String,
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("rabbitmqctl must be installed (RabbitMQ on 127.0.0.1:5672)");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
-impl Vhost {
-    fn new() -> Self {
-        let name = format!("nursery_t_{}", uuid::Uuid::new_v4().simple());
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
-        Self { name, url }
-    }
-
-    /// Closes every connection to the vhost, as a broker restart or a network cut would.
-    fn cut(&self) {
-        rabbitmqctl(&["close_all_connections", "-p", &self.name, "cut by the test"]);
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
+use crate::support::Vhost;
 
 /// A durable queue bound to every event, that outlives the test consumer's connections.
 async fn listen(url: &str) -> lapin::Consumer {

@@ -132,3 +132,44 @@ pub async fn read_postgres() -> ReadBackend {
         _guard: Box::new(db),
     }
 }
+
+/// A RabbitMQ vhost that exists for as long as the value does.
+pub struct Vhost {
+    pub name: String,
+    pub url: String,
+}
+
+pub fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl must be installed (RabbitMQ on 127.0.0.1:5672)");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+impl Vhost {
+    pub fn new() -> Self {
+        let name = format!("nursery_t_{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
+        Self { name, url }
+    }
+
+    /// Closes every connection to the vhost, as a broker restart or a network cut would.
+    pub fn cut(&self) {
+        rabbitmqctl(&["close_all_connections", "-p", &self.name, "cut by the test"]);
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
