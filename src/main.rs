@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +81,7 @@ enum ProjectionsCommand {
     },
 }
 
-fn main() -> ExitCode {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -95,13 +94,14 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(message) => {
             error!("{message}");
-            return ExitCode::from(2);
+            std::process::exit(2);
         }
     };
     if let Some(url) = cli.database_url {
         settings.database_url = url;
     }
-    let outcome = actix_rt::System::new().block_on(async move {
+    let system = actix_rt::System::new();
+    let outcome = system.block_on(async move {
         match cli.command {
             Command::Serve { bind, role } => {
                 if let Some(bind) = bind {
@@ -125,13 +125,18 @@ fn main() -> ExitCode {
             } => rebuild(&settings, &name).await,
         }
     });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match outcome {
+        Ok(()) => 0,
         Err(message) => {
             error!("{message}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Everything durable is committed by now. Exit without dropping the actix system: tasks
+    // still holding a pooled connection would try to hand it back without a runtime.
+    let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }
 
 fn as_json<E: EventSet>(codec: &Codec, record: &RecordedEvent) -> String {

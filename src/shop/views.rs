@@ -15,8 +15,9 @@ use crate::store::{EventStore, StoreError, StreamId};
 /// How often a followed read model's checkpoint is read without a broker to say when.
 pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(25);
 
-/// How often it is read when the event exchange tells of changes (a safety net).
-pub(crate) const FOLLOW_WITH_BROKER: Duration = Duration::from_millis(500);
+/// How often it is read when the event exchange also tells of changes. Still short: a message
+/// can arrive before the read model committed the event it tells of.
+pub(crate) const FOLLOW_WITH_BROKER: Duration = Duration::from_millis(25);
 
 /// A read model, run here or followed.
 #[derive(Clone)]
