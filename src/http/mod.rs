@@ -495,6 +495,12 @@ pub fn shop_options(settings: &Settings) -> ShopOptions {
 /// has flushed them), lets the read side catch up, and returns.
 pub async fn serve(settings: Settings) -> Result<(), String> {
     let _ = prometheus();
+    // An events process may wait a long time for the lead (another process holds it): it
+    // answers /health meanwhile (alive) and /ready with 503 (standing by).
+    let standby = match settings.role {
+        Role::Events => Some(standby_server(&settings.bind)?),
+        _ => None,
+    };
     let shop = Nursery::builder()
         .database_url(settings.database_url.clone())
         .role(settings.role)
@@ -503,6 +509,9 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         .start()
         .await
         .map_err(|e| format!("cannot start the shop on {}: {e}", settings.database_url))?;
+    if let Some(standby) = standby {
+        standby.stop(false).await;
+    }
     let state = web::Data::new(State::new(shop.clone(), &settings));
     let grace = Duration::from_secs(settings.shutdown_seconds);
     let server = HttpServer::new(move || {
@@ -542,6 +551,32 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     shop.shutdown(grace).await.map_err(|e| e.to_string())?;
     info!("stopped");
     Ok(())
+}
+
+/// A server for the wait before the shop runs: `/health` answers 200, everything else 503.
+fn standby_server(bind: &str) -> Result<actix_web::dev::ServerHandle, String> {
+    let server = HttpServer::new(|| {
+        actix_web::App::new()
+            .route("/health", web::get().to(ops::health))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "standing_by",
+                        "this events process waits for the lead over the event processors",
+                    )
+                })
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(bind)
+    .map_err(|e| format!("cannot listen on {bind}: {e}"))?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
 }
 
 /// Waits for SIGTERM or SIGINT; answers which.

@@ -140,6 +140,20 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
         }
         // The standby: it waits for the lead, so it does not answer yet.
         events_b = Some(launch("events", &url, &amqp));
+        let standby = events_b.as_ref().unwrap().base.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Alive, but not ready: it stands by.
+            if let Ok(response) = client.get(format!("{standby}/health")).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the standby never answered /health");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, body) = call(&client, "GET", format!("{standby}/ready"), "", None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("standing_by")));
         let (status, body) = call(
             &client,
             "POST",
