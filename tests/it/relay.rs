@@ -188,3 +188,64 @@ async fn every_event_reaches_the_exchange_even_across_a_cut_connection() {
     );
     shop.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_broker_restarted_mid_run_loses_nothing() {
+    let vhost = Vhost::alone();
+    let mut consumer = listen(&vhost.url).await;
+    let shop = Nursery::builder()
+        .database_url("memory://")
+        .broker_url(Some(vhost.url.clone()))
+        .start()
+        .await
+        .unwrap();
+    let alice = CustomerId::parse("alice").unwrap();
+    let monstera = ProductId::parse("monstera").unwrap();
+    let cart = shop.open_cart(&alice, None).await.unwrap().cart_id;
+    shop.add_item(&alice, &cart, &monstera, Quantity::parse(1).unwrap(), None)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    assert!(receive(&mut consumer, &mut seen, &stored_ids(&shop).await).await);
+
+    // Commands go on while the broker is down: the store is the outbox.
+    vhost
+        .restart_broker(async {
+            for _ in 0..5 {
+                shop.add_item(&alice, &cart, &monstera, Quantity::parse(1).unwrap(), None)
+                    .await
+                    .unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shop.ready().await.is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "ready although the broker is down"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+
+    let head = shop.runtime().store().head().await.unwrap();
+    let relay = shop.relay().unwrap().clone();
+    assert!(
+        relay.wait_for(head, Duration::from_secs(30)).await,
+        "the relay never caught up after the restart"
+    );
+    // The durable queue kept what it had not delivered; the relay sent the rest.
+    let mut consumer = listen(&vhost.url).await;
+    let wanted = stored_ids(&shop).await;
+    assert!(
+        receive(&mut consumer, &mut seen, &wanted).await,
+        "events were lost across the restart"
+    );
+    let added = seen.iter().filter(|m| m["type"] == "ItemAdded").count();
+    assert!(added >= 6, "{added} ItemAdded messages");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while shop.ready().await.is_err() {
+        assert!(Instant::now() < deadline, "not ready after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shop.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -133,10 +133,19 @@ pub async fn read_postgres() -> ReadBackend {
     }
 }
 
+/// Tests that use RabbitMQ share it; a test that restarts the broker takes it alone.
+static BROKER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum BrokerTurn {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
 /// A RabbitMQ vhost that exists for as long as the value does.
 pub struct Vhost {
     pub name: String,
     pub url: String,
+    _turn: BrokerTurn,
 }
 
 pub fn rabbitmqctl(args: &[&str]) {
@@ -150,17 +159,54 @@ pub fn rabbitmqctl(args: &[&str]) {
 }
 
 impl Vhost {
+    /// A vhost on the shared broker.
     pub fn new() -> Self {
+        let turn = BrokerTurn::Shared(BROKER.read().unwrap_or_else(|e| e.into_inner()));
+        Self::create(turn)
+    }
+
+    /// A vhost on a broker no other test uses meanwhile, so that it may be restarted.
+    pub fn alone() -> Self {
+        let turn = BrokerTurn::Alone(BROKER.write().unwrap_or_else(|e| e.into_inner()));
+        Self::create(turn)
+    }
+
+    fn create(turn: BrokerTurn) -> Self {
         let name = format!("nursery_t_{}", uuid::Uuid::new_v4().simple());
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
-        Self { name, url }
+        Self {
+            name,
+            url,
+            _turn: turn,
+        }
     }
 
-    /// Closes every connection to the vhost, as a broker restart or a network cut would.
+    /// Closes every connection to the vhost, as a network cut would.
     pub fn cut(&self) {
         rabbitmqctl(&["close_all_connections", "-p", &self.name, "cut by the test"]);
+    }
+
+    /// Stops the broker (every connection drops, the port refuses), runs `meanwhile`, and
+    /// starts it again. Only for a vhost made with [`Vhost::alone`].
+    pub async fn restart_broker<F: std::future::Future<Output = ()>>(&self, meanwhile: F) {
+        assert!(
+            matches!(self._turn, BrokerTurn::Alone(_)),
+            "only a test that has the broker alone may restart it"
+        );
+        /// Starts the broker again even if the test fails while it is down.
+        struct StartAgain;
+        impl Drop for StartAgain {
+            fn drop(&mut self) {
+                rabbitmqctl(&["start_app"]);
+                rabbitmqctl(&["await_startup"]);
+            }
+        }
+        rabbitmqctl(&["stop_app"]);
+        let again = StartAgain;
+        meanwhile.await;
+        drop(again);
     }
 }
 
