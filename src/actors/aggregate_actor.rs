@@ -18,8 +18,9 @@
 //!   commands not yet answered), and `started` rehydrates under `ctx.wait` after an exponential
 //!   backoff with jitter, holding a recovery permit so few actors rehydrate at once.
 //! - A store error fails every command of the group and restarts the actor the same way.
-//! - A concurrency conflict (another process wrote the stream) rehydrates and decides the
-//!   conflicting commands again, up to `max_conflict_retries`, then answers `Conflict`.
+//! - A concurrency conflict (another process wrote the stream) catches up (folds only the
+//!   events stored since the actor's version) and decides the conflicting commands again, up
+//!   to `max_conflict_retries`, then answers `Conflict`.
 //!
 //! Must not touch: HTTP, projections, any concrete aggregate.
 
@@ -39,7 +40,7 @@ use super::journal::{Append, Journal};
 use super::registry::ActorCounters;
 use super::supervision::SupervisionPolicy;
 use crate::domain::{Aggregate, Command};
-use crate::store::{AppendResult, Metadata, Repository, StoreError};
+use crate::store::{AppendResult, Loaded, Metadata, Repository, StoreError};
 
 /// What a successful command answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +182,39 @@ impl<A: Aggregate> AggregateActor<A> {
             }
             Err(error) => {
                 warn!(aggregate = A::TYPE, id = %actor.id, %error, "rehydration failed; restarting");
+                let error = Arc::new(error);
+                actor.fail_all(|| CommandError::Store(Arc::clone(&error)));
+                ctx.stop();
+            }
+        }));
+    }
+
+    /// After a conflict: reads the events stored since our version (another process's, or the
+    /// part of our group that was written) and folds them in, then decides again. Far cheaper
+    /// than a rehydration when a hot aggregate is shared between command processes.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        self.ready = false;
+        let repository = self.settings.repository.clone();
+        let id = Arc::clone(&self.id);
+        let loaded = Loaded {
+            state: std::mem::take(&mut self.state),
+            version: self.version,
+            replayed: 0,
+            recent_commands: self.recent.drain(..).collect(),
+        };
+        let catch_up = async move { repository.catch_up(&id, loaded).await };
+        ctx.wait(catch_up.into_actor(self).map(|caught, actor, ctx| match caught {
+            Ok(loaded) => {
+                actor.state = loaded.state;
+                actor.version = loaded.version;
+                actor.recent = loaded.recent_commands.into();
+                actor.ready = true;
+                actor.settings.counters.caught_up.fetch_add(1, Ordering::Relaxed);
+                debug!(aggregate = A::TYPE, id = %actor.id, version = actor.version, missed = loaded.replayed, "caught up after a conflict");
+                ctx.notify(Flush);
+            }
+            Err(error) => {
+                warn!(aggregate = A::TYPE, id = %actor.id, %error, "catching up failed; restarting");
                 let error = Arc::new(error);
                 actor.fail_all(|| CommandError::Store(Arc::clone(&error)));
                 ctx.stop();
@@ -420,7 +454,7 @@ impl<A: Aggregate> AggregateActor<A> {
             metrics::counter!("nursery_aggregate_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
             // A partly written group takes no snapshot: the next full flush does.
-            self.rehydrate(ctx);
+            self.catch_up(ctx);
             return;
         }
         self.restarts = 0;

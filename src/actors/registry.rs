@@ -51,6 +51,8 @@ pub struct ActorCounters {
     pub restarts: AtomicU64,
     /// Actors passivated (idle or evicted).
     pub passivated: AtomicU64,
+    /// Concurrency conflicts resolved by catching up on the events another writer stored.
+    pub caught_up: AtomicU64,
 }
 
 struct Entry<A: Aggregate> {

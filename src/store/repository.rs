@@ -121,7 +121,7 @@ impl<A: Aggregate> Repository<A> {
     #[instrument(skip(self), fields(aggregate = A::TYPE), err)]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
-        let (mut state, mut version) = match self.store.latest_snapshot(&stream).await? {
+        let (state, version) = match self.store.latest_snapshot(&stream).await? {
             Some(snapshot) if snapshot.revision == A::SNAPSHOT_REVISION => {
                 match self.codec.decode_state::<A>(
                     &stream,
@@ -146,9 +146,36 @@ impl<A: Aggregate> Repository<A> {
             }
             None => (A::default(), 0),
         };
-        let mut replayed = 0;
-        let mut recent: VecDeque<Uuid> = VecDeque::with_capacity(RECENT_COMMANDS);
-        let mut events = stream_events(self.store.as_ref(), &stream, version + 1);
+        self.fold(
+            &stream,
+            Loaded {
+                state,
+                version,
+                replayed: 0,
+                recent_commands: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    /// Brings `loaded` up to date: folds the events of aggregate `id` stored after
+    /// `loaded.version` (another process wrote them, or a part of a group that failed). This
+    /// is what an actor does after a concurrency conflict: it reads only what it missed.
+    #[instrument(skip(self, loaded), fields(aggregate = A::TYPE, from = loaded.version + 1), err)]
+    pub async fn catch_up(&self, id: &str, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+        self.fold(&Self::stream(id), loaded).await
+    }
+
+    /// Folds the events after `loaded.version`, a page at a time.
+    async fn fold(&self, stream: &StreamId, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+        let Loaded {
+            mut state,
+            mut version,
+            mut replayed,
+            recent_commands,
+        } = loaded;
+        let mut recent: VecDeque<Uuid> = recent_commands.into();
+        let mut events = stream_events(self.store.as_ref(), stream, version + 1);
         while let Some(record) = events.next().await {
             let record = record?;
             let event = self.codec.decode_event::<A::Event>(&record)?;

@@ -309,6 +309,82 @@ async fn a_conflict_with_another_writer_is_decided_again_on_fresh_state() {
     assert_eq!(types, ["Planted", "Pruned", "Pruned", "Watered"]);
 }
 
+/// Two runtimes on one store are two command processes: each holds an actor for the same hot
+/// aggregate, and every write of one makes the other's state stale. Optimistic concurrency keeps
+/// them right: the loser of each race catches up on what it missed and decides again.
+#[actix_rt::test]
+async fn two_processes_on_one_hot_aggregate_lose_nothing() {
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let config = || RuntimeConfig {
+        max_conflict_retries: 1_000,
+        ..quick()
+    };
+    let one = TestRuntime::start_on(Arc::clone(&store), |b| {
+        b.config(config()).aggregate::<Pot>()
+    })
+    .await
+    .unwrap();
+    let two = TestRuntime::start_on(Arc::clone(&store), |b| {
+        b.config(config()).aggregate::<Pot>()
+    })
+    .await
+    .unwrap();
+    one.gateway()
+        .send_and_wait::<Pot>("hot", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for client in 0..32 {
+        let gateway = if client % 2 == 0 {
+            one.gateway()
+        } else {
+            two.gateway()
+        };
+        clients.push(actix_rt::spawn(async move {
+            for _ in 0..10 {
+                gateway
+                    .send_and_wait::<Pot>("hot", water(1), Metadata::default())
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let loaded = nursery::store::Repository::<Pot>::new(
+        Arc::clone(&store),
+        Codec::default(),
+        SnapshotPolicy::NEVER,
+    )
+    .load("hot")
+    .await
+    .unwrap();
+    assert_eq!(
+        loaded.state.water, 320,
+        "every acknowledged command is stored once"
+    );
+    assert_eq!(loaded.version, 321);
+    let counters = |test: &TestRuntime| {
+        let registry = test.gateway().registry::<Pot>().unwrap();
+        let counters = registry.counters();
+        (
+            counters.caught_up.load(Ordering::SeqCst),
+            counters.restarts.load(Ordering::SeqCst),
+        )
+    };
+    let ((caught_one, restarts_one), (caught_two, restarts_two)) = (counters(&one), counters(&two));
+    assert!(
+        caught_one + caught_two > 0,
+        "the processes never raced: the test proves nothing"
+    );
+    assert_eq!(
+        restarts_one + restarts_two,
+        0,
+        "a conflict is caught up, not a failure"
+    );
+}
+
 #[actix_rt::test]
 async fn conflicts_without_end_give_up_with_a_conflict_error() {
     let test = start(RuntimeConfig {
