@@ -56,7 +56,8 @@ pub struct RuntimeConfig {
     pub snapshots: SnapshotPolicy,
     /// How long `send_and_wait` waits.
     pub command_timeout: Duration,
-    /// How many times a command is decided again after concurrency conflicts.
+    /// How many times a command is decided again after concurrency conflicts (each retry
+    /// reads only the events the actor missed, so retries are cheap).
     pub max_conflict_retries: u32,
     /// How many commands may wait in one aggregate actor's mailbox.
     pub mailbox_capacity: usize,
@@ -74,7 +75,7 @@ impl Default for RuntimeConfig {
             codec: Codec::default(),
             snapshots: SnapshotPolicy::default(),
             command_timeout: Duration::from_secs(10),
-            max_conflict_retries: 5,
+            max_conflict_retries: 10,
             mailbox_capacity: 1_024,
             dedupe_ttl: Duration::from_secs(24 * 3600),
         }

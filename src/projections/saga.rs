@@ -3,6 +3,13 @@
 //! commands still to send (an outbox) as documents of the read store, written with the
 //! checkpoint in one transaction, and then sends the commands through the gateway.
 //!
+//! A batch of events from the broker is handled in one transaction: its documents are loaded
+//! in two queries (associations, then the instances they name), each event sees what the
+//! events before it changed, and one commit writes all of it with the batch's last position.
+//! Events that are not for the saga cost nothing but the checkpoint. If any event of a batch
+//! fails, nothing of the batch is written, and it is handled again one event at a time (each
+//! with its retries and, for a poisoned one, its dead letter).
+//!
 //! # Guarantees
 //! - Each event reaches the saga once in effect: the instances' new state and the checkpoint
 //!   commit together; a redelivered event at or below the checkpoint is dropped.
@@ -13,7 +20,8 @@
 //!   only the later commands of its own instance.
 //! - A deadline fires at most once: firing it, its step and its removal commit together. It
 //!   fires late, not never: due deadlines are found by scanning on each tick, after downtime too.
-//!   One manager per saga type runs at a time (one process; issue 7 adds a claim).
+//!   One manager per saga type runs at a time: in one process, or in the events process that
+//!   holds the lead (`leader.rs`), whose commits are fenced.
 //! - Compensation: each command may carry the command that undoes it; a step that compensates
 //!   sends the recorded ones, newest first.
 //!
@@ -239,13 +247,7 @@ impl<S: Saga> Manager<S> {
             tokio::select! {
                 biased;
                 batch = events.recv() => match batch {
-                    Some(batch) => {
-                        for event in batch.iter() {
-                            if event.position > self.position {
-                                self.on_event(event).await;
-                            }
-                        }
-                    }
+                    Some(batch) => self.on_batch(&batch).await,
                     None => break,
                 },
                 tick = ticks.recv() => {
@@ -280,13 +282,107 @@ impl<S: Saga> Manager<S> {
         self.send_outbox().await;
     }
 
+    /// Handles a batch of events in one transaction: the documents of one event are seen by
+    /// the next, and one commit writes them all with the last position (most events are not
+    /// for this saga, and cost no commit of their own). Should any event fail, nothing of the
+    /// batch was written, and it is handled again one event at a time, each with its retries
+    /// and its dead letter.
+    async fn on_batch(&mut self, batch: &EventBatch) {
+        let fresh: Vec<&RecordedEvent> = batch
+            .iter()
+            .filter(|e| e.position > self.position)
+            .map(|e| &**e)
+            .collect();
+        let Some(last) = fresh.last().map(|e| e.position) else {
+            return;
+        };
+        if fresh.len() > 1 {
+            let mut docs = Docs::new(&self.name, self.generation);
+            let mut outbox = false;
+            let mut handled = self.prefetch(&fresh, &mut docs).await.is_ok();
+            for event in &fresh {
+                if !handled {
+                    break;
+                }
+                match self.handle_into(event, &mut docs).await {
+                    Ok(sent) => outbox |= sent,
+                    Err(_) => handled = false,
+                }
+            }
+            if handled {
+                let commit = Commit {
+                    name: &self.name,
+                    generation: self.generation,
+                    position: last,
+                    writes: docs.writes(),
+                    ..Commit::default()
+                };
+                if self.read.commit(commit).await.is_ok() {
+                    self.handled(last);
+                    if outbox {
+                        self.send_outbox().await;
+                    }
+                    return;
+                }
+            }
+        }
+        for event in fresh {
+            self.on_event(event).await;
+        }
+    }
+
+    /// Loads, in two queries, the documents a batch will read: the association documents of
+    /// its events, then the instances they name.
+    async fn prefetch(
+        &self,
+        events: &[&RecordedEvent],
+        docs: &mut Docs,
+    ) -> Result<(), HandleError> {
+        let mut associations: Vec<String> = events
+            .iter()
+            .filter_map(|event| (self.decode)(event).as_ref().and_then(S::routing))
+            .map(|routing| match routing {
+                Routing::Start(a) | Routing::To(a) => association_key(&a),
+            })
+            .collect();
+        associations.sort_unstable();
+        associations.dedup();
+        if associations.is_empty() {
+            return Ok(());
+        }
+        docs.extend(&*self.read, associations.clone()).await?;
+        let mut instances = Vec::new();
+        for key in &associations {
+            let ids: Vec<String> = docs.get(key)?.unwrap_or_default();
+            instances.extend(ids.iter().map(|id| instance_key(id)));
+        }
+        instances.sort_unstable();
+        instances.dedup();
+        docs.extend(&*self.read, instances).await
+    }
+
+    /// The checkpoint is at `position`.
+    fn handled(&mut self, position: u64) {
+        self.position = position;
+        self.status.send_modify(|s| {
+            s.position = position;
+            s.state = ProcessorState::Running;
+        });
+        metrics::gauge!("nursery_projection_position", "projection" => self.name.clone())
+            .set(position as f64);
+    }
+
     /// Handles one event; on a store failure, retries until it is handled (the checkpoint never
     /// passes an event that was not).
     async fn on_event(&mut self, event: &RecordedEvent) {
         let mut backoff = Duration::from_millis(50);
+        let mut outbox = true;
         loop {
             match self.handle_event(event).await {
-                Ok(()) => break,
+                Ok(sent) => {
+                    outbox = sent;
+                    break;
+                }
                 Err(HandleError::Store(error)) => {
                     self.status.send_modify(|s| {
                         s.state = ProcessorState::Failing;
@@ -319,40 +415,45 @@ impl<S: Saga> Manager<S> {
                 }
             }
         }
-        self.position = event.position;
-        let position = self.position;
-        self.status.send_modify(|s| {
-            s.position = position;
-            s.state = ProcessorState::Running;
-        });
-        metrics::gauge!("nursery_projection_position", "projection" => self.name.clone())
-            .set(position as f64);
-        self.send_outbox().await;
+        self.handled(event.position);
+        if outbox {
+            self.send_outbox().await;
+        }
     }
 
-    async fn handle_event(&mut self, event: &RecordedEvent) -> Result<(), HandleError> {
+    /// Handles one event in its own transaction; answers whether it queued commands.
+    async fn handle_event(&mut self, event: &RecordedEvent) -> Result<bool, HandleError> {
+        let mut docs = Docs::new(&self.name, self.generation);
+        let sent = self.handle_into(event, &mut docs).await?;
+        let commit = Commit {
+            name: &self.name,
+            generation: self.generation,
+            position: event.position,
+            writes: docs.writes(),
+            ..Commit::default()
+        };
+        self.read.commit(commit).await?;
+        Ok(sent)
+    }
+
+    /// Applies one event to `docs` (which may hold the documents of the events before it in
+    /// the batch) without writing; answers whether it queued commands in the outbox.
+    async fn handle_into(
+        &self,
+        event: &RecordedEvent,
+        docs: &mut Docs,
+    ) -> Result<bool, HandleError> {
         let decoded = (self.decode)(event);
         let routing = decoded.as_ref().and_then(S::routing);
         let (Some(decoded), Some(routing)) = (decoded, routing) else {
             // Not for this saga: only the checkpoint moves.
-            let commit = Commit {
-                name: &self.name,
-                generation: self.generation,
-                position: event.position,
-                ..Commit::default()
-            };
-            return self.read.commit(commit).await.map_err(HandleError::Store);
+            return Ok(false);
         };
         let association = match &routing {
             Routing::Start(a) | Routing::To(a) => a.clone(),
         };
-        let mut docs = Docs::load(
-            &*self.read,
-            &self.name,
-            self.generation,
-            vec![association_key(&association)],
-        )
-        .await?;
+        docs.extend(&*self.read, vec![association_key(&association)])
+            .await?;
         let mut ids: Vec<String> = docs
             .get(&association_key(&association))?
             .unwrap_or_default();
@@ -371,13 +472,7 @@ impl<S: Saga> Manager<S> {
             }
         }
         if ids.is_empty() {
-            let commit = Commit {
-                name: &self.name,
-                generation: self.generation,
-                position: event.position,
-                ..Commit::default()
-            };
-            return self.read.commit(commit).await.map_err(HandleError::Store);
+            return Ok(false);
         }
         docs.extend(&*self.read, ids.iter().map(|id| instance_key(id)).collect())
             .await?;
@@ -386,6 +481,7 @@ impl<S: Saga> Manager<S> {
             docs.put(&association_key(&association), &ids)?;
         }
         let now = self.clock.now();
+        let mut sent = false;
         for id in &ids {
             let Some(mut instance) = docs.get::<Instance<S>>(&instance_key(id))? else {
                 continue;
@@ -398,37 +494,32 @@ impl<S: Saga> Manager<S> {
                 customer_id: event.metadata.customer_id.clone(),
                 ..Metadata::default()
             };
-            self.apply_step(
-                &mut docs,
-                &mut instance,
-                step,
-                &Cause {
-                    seed,
-                    order: event.position,
-                    metadata,
-                    now_micros: now.timestamp_micros(),
-                },
-            )
-            .await?;
+            sent |= self
+                .apply_step(
+                    docs,
+                    &mut instance,
+                    step,
+                    &Cause {
+                        seed,
+                        order: event.position,
+                        metadata,
+                        now_micros: now.timestamp_micros(),
+                    },
+                )
+                .await?;
         }
-        let commit = Commit {
-            name: &self.name,
-            generation: self.generation,
-            position: event.position,
-            writes: docs.writes(),
-            ..Commit::default()
-        };
-        self.read.commit(commit).await.map_err(HandleError::Store)
+        Ok(sent)
     }
 
     /// Applies a step to an instance: outbox, deadlines, associations, compensations, end.
+    /// Answers whether it queued commands.
     async fn apply_step(
         &self,
         docs: &mut Docs,
         instance: &mut Instance<S>,
         step: Step<S::Command>,
         cause: &Cause,
-    ) -> Result<(), HandleError> {
+    ) -> Result<bool, HandleError> {
         let Cause {
             seed,
             order,
@@ -447,6 +538,7 @@ impl<S: Saga> Manager<S> {
         if step.compensate {
             outgoing.extend(instance.compensations.drain(..).rev());
         }
+        let sent = !outgoing.is_empty();
         for (index, command) in (0u32..).zip(outgoing) {
             let command_id = Uuid::new_v5(&seed, &index.to_be_bytes());
             let metadata = Metadata {
@@ -528,7 +620,7 @@ impl<S: Saga> Manager<S> {
         } else {
             docs.put(&instance_key(&instance.id), instance)?;
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Fires every due deadline: each with its step, in one transaction.
@@ -673,17 +765,21 @@ struct Docs {
 }
 
 impl Docs {
+    fn new(name: &str, generation: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            generation,
+            docs: Documents::default(),
+        }
+    }
+
     async fn load(
         read: &dyn ReadStore,
         name: &str,
         generation: u32,
         keys: Vec<String>,
     ) -> Result<Self, HandleError> {
-        let mut docs = Self {
-            name: name.to_owned(),
-            generation,
-            docs: Documents::default(),
-        };
+        let mut docs = Self::new(name, generation);
         docs.extend(read, keys).await?;
         Ok(docs)
     }

@@ -191,6 +191,12 @@ impl EventStore for PostgresStore {
     #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // A snapshot is a cache of its events: its commit need not wait for the disk (that wait
+        // would compete with the appends'). A crash may lose the latest snapshot, never its
+        // events; the next load folds a few more events.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO snapshots (aggregate_type, aggregate_id, sequence, payload_revision, \
              payload_format, recorded_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7) \

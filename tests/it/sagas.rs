@@ -432,6 +432,75 @@ pub async fn events_waiting_are_handled_before_due_deadlines(backend: ReadBacken
     assert_eq!(compensated.water, 10, "the cancelled check did not fire");
 }
 
+/// Events stored while no manager ran reach it as one batch: an instance started, told and
+/// ended within the batch, others started in it, and unrelated events between them. The batch
+/// is one transaction; the outcome is what one event at a time gives.
+pub async fn a_batch_is_handled_as_one_event_at_a_time_would_be(backend: ReadBackend) {
+    let runtime = Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap();
+    let gateway = runtime.gateway();
+    for id in ["a", "b", "c"] {
+        gateway
+            .send_and_wait::<Pot>(
+                id,
+                PotCommand::Plant {
+                    species: "fern".into(),
+                },
+                Metadata::default(),
+            )
+            .await
+            .unwrap();
+        gateway
+            .send_and_wait::<Pot>(
+                id,
+                PotCommand::Water { millilitres: 1 },
+                Metadata::default(),
+            )
+            .await
+            .unwrap();
+    }
+    gateway
+        .send_and_wait::<Pot>("a", PotCommand::Prune { leaves: 60 }, Metadata::default())
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
+    // a: watered by its start, then compensated (the watering undone by a prune of one leaf).
+    let a = until(&backend, "a", |p| p.leaves_pruned == 61).await;
+    assert_eq!((a.water, a.events), (11, 5), "{a:?}");
+    for id in ["b", "c"] {
+        let pot = until(&backend, id, |p| p.water == 11).await;
+        assert_eq!(pot.events, 3, "{id} watered once: {pot:?}");
+    }
+    let head = runtime.store().head().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while saga.report().await.position < head {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left: Vec<String> = backend
+        .read
+        .scan("saga:gardener", "a:", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        left,
+        ["a:pot=b", "a:pot=c"],
+        "a ended; b and c wait for their check"
+    );
+    let outbox = backend.read.scan("saga:gardener", "o:", 100).await.unwrap();
+    assert!(outbox.is_empty(), "every command was sent: {outbox:?}");
+}
+
 macro_rules! saga_suite {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
         mod $backend {
@@ -458,4 +527,5 @@ all_saga_backends!(
     a_hard_prune_compensates_through_the_gateway,
     a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime,
     events_waiting_are_handled_before_due_deadlines,
+    a_batch_is_handled_as_one_event_at_a_time_would_be,
 );
