@@ -119,6 +119,13 @@ pub trait ReadStore: Send + Sync + 'static {
     /// Writes a batch in one transaction.
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError>;
 
+    /// How many events a runner should apply per transaction when its configuration leaves it
+    /// open. SQLite has one writer for the events and the read models alike, so its read-side
+    /// transactions stay short (a long one would hold up appends); PostgreSQL takes larger ones.
+    fn preferred_batch(&self) -> usize {
+        1_000
+    }
+
     /// One document of the serving generation.
     async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError>;
 

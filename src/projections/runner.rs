@@ -144,8 +144,9 @@ impl Documents {
 /// Settings of a runner.
 #[derive(Clone, Debug)]
 pub struct ProcessorConfig {
-    /// The most events one transaction applies.
-    pub batch_max: usize,
+    /// The most events one transaction applies (`None`: what the read store prefers, see
+    /// [`ReadStore::preferred_batch`]).
+    pub batch_max: Option<usize>,
     /// Tries after the first failure before an event is parked.
     pub retries: u32,
     /// The wait before the first retry (doubled each time).
@@ -157,7 +158,7 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
-            batch_max: 1_000,
+            batch_max: None,
             retries: 3,
             retry_backoff: Duration::from_millis(50),
             channel_capacity: 64,
@@ -434,7 +435,7 @@ impl Runner {
                     Some(batch) => {
                         // Coalesce what else is already waiting: one transaction for all of it.
                         let mut waiting: Vec<Arc<RecordedEvent>> = batch.to_vec();
-                        while waiting.len() < self.config.batch_max {
+                        while waiting.len() < self.batch_max() {
                             match events.try_recv() {
                                 Ok(more) => waiting.extend(more.iter().cloned()),
                                 Err(_) => break,
@@ -479,7 +480,7 @@ impl Runner {
             .map(Arc::as_ref)
             .filter(|e| e.position > self.position)
             .collect();
-        for chunk in fresh.chunks(self.config.batch_max.max(1)) {
+        for chunk in fresh.chunks(self.batch_max()) {
             self.handle_chunk(chunk).await;
         }
     }
@@ -562,6 +563,14 @@ impl Runner {
         self.blocked.insert(event.stream.clone());
         self.advanced(event.position);
         self.publish(|s| s.state = ProcessorState::Running);
+    }
+
+    /// The most events one transaction applies.
+    fn batch_max(&self) -> usize {
+        self.config
+            .batch_max
+            .unwrap_or_else(|| self.read.preferred_batch())
+            .max(1)
     }
 
     fn advanced(&mut self, position: u64) {
@@ -679,7 +688,7 @@ impl Runner {
         }
         let page = match self
             .store
-            .read_all(rebuild.position + 1, self.config.batch_max.max(1))
+            .read_all(rebuild.position + 1, self.batch_max())
             .await
         {
             Ok(page) => page,
