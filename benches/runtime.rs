@@ -8,8 +8,7 @@
 //!
 //! Run: `cargo bench --bench runtime` (PostgreSQL on 127.0.0.1:5432 for its rows).
 //! `NURSERY_BENCH_SCALE` scales the counts (default 1.0); `NURSERY_BENCH_CLIENTS` sets the number of
-//! concurrent clients (default 64); `NURSERY_BENCH_THREADS` the actor threads (default 1);
-//! `NURSERY_BENCH_ONLY` picks sections.
+//! concurrent clients (default 64); `NURSERY_BENCH_ONLY` picks sections.
 
 #![allow(
     clippy::unwrap_used,
@@ -173,15 +172,7 @@ fn row(backend: &str, what: &str, rate: f64, p50: Option<Duration>, p99: Option<
 }
 
 async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
-    let threads = std::env::var("NURSERY_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
     let runtime = Runtime::builder(Arc::clone(&store))
-        .config(RuntimeConfig {
-            actor_threads: threads,
-            ..RuntimeConfig::default()
-        })
         .aggregate::<BenchCart>()
         .start()
         .await
@@ -196,7 +187,7 @@ async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
     let (rate, p50, p99) = drive(&runtime, "carts", carts, per_cart, clients, false).await;
     row(
         backend,
-        &format!("{carts} carts x {per_cart} AddItem, {clients} clients, {threads} thr"),
+        &format!("{carts} carts x {per_cart} AddItem, {clients} clients"),
         rate,
         Some(p50),
         Some(p99),

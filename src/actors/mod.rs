@@ -33,7 +33,7 @@ pub use gateway::{
     Validation,
 };
 pub use journal::{Append, Journal, JournalConfig};
-pub use registry::{ActorCounters, ActorThreads, Live, PassivationConfig, Registry};
+pub use registry::{ActorCounters, Live, PassivationConfig, Registry};
 pub use supervision::SupervisionPolicy;
 
 use crate::domain::Aggregate;
@@ -63,11 +63,6 @@ pub struct RuntimeConfig {
     pub mailbox_capacity: usize,
     /// How long a command id's first success is remembered (repeats answer it).
     pub dedupe_ttl: Duration,
-    /// The threads (actix arbiters) aggregate actors run on. 1, the default, runs them on the
-    /// current arbiter beside the journal and the broker; n > 1 starts n - 1 more arbiters and
-    /// spreads the actors over all n by id. The test kit's paused clock reaches only the
-    /// current arbiter, so tests that move time keep 1.
-    pub actor_threads: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -83,7 +78,6 @@ impl Default for RuntimeConfig {
             max_conflict_retries: 10,
             mailbox_capacity: 1_024,
             dedupe_ttl: Duration::from_secs(24 * 3600),
-            actor_threads: 1,
         }
     }
 }
@@ -125,7 +119,7 @@ impl RuntimeBuilder {
             });
             let registry = Registry::new(
                 settings,
-                Arc::clone(&runtime.arbiters),
+                actix_rt::Arbiter::current(),
                 config.passivation.clone(),
             );
             (TypeId::of::<A>(), registry as Arc<dyn Any + Send + Sync>)
@@ -150,7 +144,6 @@ impl RuntimeBuilder {
         )
         .start();
         let mut runtime = Runtime {
-            arbiters: Arc::new(ActorThreads::start(self.config.actor_threads)),
             recoveries: Arc::new(Semaphore::new(
                 self.config.supervision.max_concurrent_recoveries.max(1),
             )),
@@ -180,7 +173,6 @@ impl RuntimeBuilder {
 
 /// The running runtime: the gateway to send commands, the broker to subscribe, the store.
 pub struct Runtime {
-    arbiters: Arc<ActorThreads>,
     store: Arc<dyn EventStore>,
     config: RuntimeConfig,
     journal: Addr<Journal>,

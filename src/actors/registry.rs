@@ -40,44 +40,6 @@ impl Default for PassivationConfig {
     }
 }
 
-/// The threads (actix arbiters) aggregate actors run on: the current arbiter, and those started
-/// for the actors, which stop once no runtime or registry holds them.
-pub struct ActorThreads {
-    handles: Vec<ArbiterHandle>,
-    started: Vec<actix_rt::Arbiter>,
-}
-
-impl ActorThreads {
-    /// The current arbiter and `threads - 1` new ones (call inside an actix system).
-    pub fn start(threads: usize) -> Self {
-        let started: Vec<actix_rt::Arbiter> = (1..threads.max(1))
-            .map(|_| actix_rt::Arbiter::new())
-            .collect();
-        let handles = std::iter::once(actix_rt::Arbiter::current())
-            .chain(started.iter().map(actix_rt::Arbiter::handle))
-            .collect();
-        Self { handles, started }
-    }
-
-    /// How many threads.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Never: there is always the current arbiter.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-}
-
-impl Drop for ActorThreads {
-    fn drop(&mut self) {
-        for arbiter in &self.started {
-            arbiter.stop();
-        }
-    }
-}
-
 /// Counters of one aggregate type's actors.
 #[derive(Debug, Default)]
 pub struct ActorCounters {
@@ -120,29 +82,28 @@ pub struct Live<A: Aggregate> {
 pub struct Registry<A: Aggregate> {
     actors: DashMap<Arc<str>, Entry<A>>,
     settings: Arc<ActorSettings<A>>,
-    arbiters: Arc<ActorThreads>,
+    arbiter: ArbiterHandle,
     config: PassivationConfig,
     epoch: tokio::time::Instant,
 }
 
 impl<A: Aggregate> Registry<A> {
-    /// A registry starting actors with `settings`, each on one of `arbiters` (by its id; the
-    /// first also runs the passivation sweep).
+    /// A registry starting actors on `arbiter` with `settings`.
     pub fn new(
         settings: Arc<ActorSettings<A>>,
-        arbiters: Arc<ActorThreads>,
+        arbiter: ArbiterHandle,
         config: PassivationConfig,
     ) -> Arc<Self> {
         let registry = Arc::new(Self {
             actors: DashMap::new(),
             settings,
-            arbiters,
+            arbiter,
             config,
             epoch: tokio::time::Instant::now(),
         });
         let weak = Arc::downgrade(&registry);
         let sweep_every = (registry.config.idle_timeout / 4).max(Duration::from_millis(10));
-        registry.arbiters.handles[0].spawn(async move {
+        registry.arbiter.spawn(async move {
             let mut ticks = tokio::time::interval(sweep_every);
             loop {
                 ticks.tick().await;
@@ -219,18 +180,8 @@ impl<A: Aggregate> Registry<A> {
     }
 
     fn start(&self, id: &Arc<str>) -> Addr<AggregateActor<A>> {
-        let handles = &self.arbiters.handles;
-        let arbiter = match handles.len() {
-            1 => &handles[0],
-            n => {
-                use std::hash::{Hash, Hasher};
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                id.hash(&mut hasher);
-                &handles[(hasher.finish() % n as u64) as usize]
-            }
-        };
         let (id, settings) = (Arc::clone(id), Arc::clone(&self.settings));
-        Supervisor::start_in_arbiter(arbiter, move |_| AggregateActor::new(id, settings))
+        Supervisor::start_in_arbiter(&self.arbiter, move |_| AggregateActor::new(id, settings))
     }
 
     /// How many actors the registry holds.

@@ -385,54 +385,6 @@ async fn two_processes_on_one_hot_aggregate_lose_nothing() {
     );
 }
 
-/// With more actor threads, actors are spread over them by id; commands, answers and state
-/// are the same as on one thread.
-#[actix_rt::test]
-async fn actors_spread_over_their_threads() {
-    let test = start(RuntimeConfig {
-        actor_threads: 2,
-        ..quick()
-    })
-    .await;
-    let gateway = test.gateway();
-    let mut clients = Vec::new();
-    for pot in 0..32 {
-        let gateway = gateway.clone();
-        clients.push(actix_rt::spawn(async move {
-            let id = format!("p{pot}");
-            gateway
-                .send_and_wait::<Pot>(&id, plant(), Metadata::default())
-                .await
-                .unwrap();
-            for _ in 0..5 {
-                gateway
-                    .send_and_wait::<Pot>(&id, water(1), Metadata::default())
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for client in clients {
-        client.await.unwrap();
-    }
-    let mut threads = std::collections::HashSet::new();
-    for pot in 0..32 {
-        let (water, version, thread) = gateway
-            .inspect::<Pot, _>(&format!("p{pot}"), |pot, version| {
-                (pot.water, version, std::thread::current().id())
-            })
-            .await
-            .unwrap();
-        assert_eq!((water, version), (5, 6));
-        threads.insert(thread);
-    }
-    assert_eq!(threads.len(), 2, "32 actors on 2 threads: {threads:?}");
-    assert!(
-        threads.contains(&std::thread::current().id()),
-        "the current arbiter is one of them"
-    );
-}
-
 #[actix_rt::test]
 async fn conflicts_without_end_give_up_with_a_conflict_error() {
     let test = start(RuntimeConfig {
