@@ -203,10 +203,14 @@ impl<A: Aggregate> AggregateActor<A> {
             recent_commands: self.recent.drain(..).collect(),
         };
         let catch_up = async move { repository.catch_up(&id, loaded).await };
-        ctx.wait(catch_up.into_actor(self).map(|caught, actor, ctx| match caught {
+        let before = self.version;
+        ctx.wait(catch_up.into_actor(self).map(move |caught, actor, ctx| match caught {
             Ok(loaded) => {
                 actor.state = loaded.state;
                 actor.version = loaded.version;
+                // A snapshot point crossed by what was missed (or by the written part of a
+                // group) is taken now: the next flush only looks at what it writes itself.
+                actor.snapshot_if_due(before, loaded.version);
                 actor.recent = loaded.recent_commands.into();
                 actor.ready = true;
                 actor.settings.counters.caught_up.fetch_add(1, Ordering::Relaxed);
@@ -453,7 +457,7 @@ impl<A: Aggregate> AggregateActor<A> {
         if broken {
             metrics::counter!("nursery_aggregate_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
-            // A partly written group takes no snapshot: the next full flush does.
+            // A partly written group snapshots, if due, once caught up.
             self.catch_up(ctx);
             return;
         }

@@ -4,7 +4,8 @@
 //! checkpoint in one transaction, and then sends the commands through the gateway.
 //!
 //! A batch of events from the broker is handled in one transaction: its documents are loaded
-//! in two queries (associations, then the instances they name), each event sees what the
+//! up front in two queries (associations, then the instances they name; an instance or an
+//! association a step creates is looked up when it comes), each event sees what the
 //! events before it changed, and one commit writes all of it with the batch's last position.
 //! Events that are not for the saga cost nothing but the checkpoint. If any event of a batch
 //! fails, nothing of the batch is written, and it is handled again one event at a time (each
@@ -162,6 +163,8 @@ struct Manager<S: Saga> {
     generation: u32,
     position: u64,
     status: watch::Sender<ProcessorStatus>,
+    /// When the outbox was last read (a backlog of events must not keep it waiting).
+    outbox_scanned: tokio::time::Instant,
 }
 
 /// Starts the manager of saga `S`.
@@ -206,6 +209,7 @@ pub async fn start_saga<S: Saga>(
         generation,
         position,
         status,
+        outbox_scanned: tokio::time::Instant::now(),
     };
     actix_rt::spawn(manager.run(events, ticks, config.tick));
     Ok(SagaHandle {
@@ -224,14 +228,28 @@ fn association_key(association: &Association) -> String {
     format!("a:{}={}", association.key, association.value)
 }
 
+/// How many outbox entries one scan reads.
+const OUTBOX_PAGE: usize = 1_000;
+
 fn deadline_key(due_micros: i64, saga: &str, name: &str) -> String {
     format!("d:{:020}:{saga}:{name}", due_micros.max(0))
 }
 
-/// Outbox keys sort in the order the commands were decided: by the position (or, for a
-/// deadline's step, the position the manager was at), then by index in the step.
-fn outbox_key(position: u64, index: u32, command_id: Uuid) -> String {
-    format!("o:{position:020}:{index:06}:{command_id}")
+/// Outbox keys sort in the order the commands were decided: by the position (for a deadline's
+/// step, the position the manager was at, after that event's own commands, and deadlines by
+/// due time), then by index in the step.
+fn outbox_key(order: &str, index: u32, command_id: Uuid) -> String {
+    format!("o:{order}:{index:06}:{command_id}")
+}
+
+/// Where an event's commands go in the outbox order.
+fn event_order(position: u64) -> String {
+    format!("{position:020}:0")
+}
+
+/// Where a deadline's commands go: after the commands of the event the manager was at.
+fn deadline_order(position: u64, due_micros: i64) -> String {
+    format!("{position:020}:1:{:020}", due_micros.max(0))
 }
 
 impl<S: Saga> Manager<S> {
@@ -247,7 +265,14 @@ impl<S: Saga> Manager<S> {
             tokio::select! {
                 biased;
                 batch = events.recv() => match batch {
-                    Some(batch) => self.on_batch(&batch).await,
+                    Some(batch) => {
+                        self.on_batch(&batch).await;
+                        // Events keep the timer from its turn while there is a backlog: the
+                        // outbox (commands held back by a provider down) still gets its scan.
+                        if self.outbox_scanned.elapsed() >= every {
+                            self.send_outbox().await;
+                        }
+                    }
                     None => break,
                 },
                 tick = ticks.recv() => {
@@ -317,7 +342,7 @@ impl<S: Saga> Manager<S> {
                     writes: docs.writes(),
                     ..Commit::default()
                 };
-                if self.read.commit(commit).await.is_ok() {
+                if self.read.commit(commit).await.is_ok() || self.committed(last).await {
                     self.handled(last);
                     if outbox {
                         self.send_outbox().await;
@@ -361,6 +386,16 @@ impl<S: Saga> Manager<S> {
         docs.extend(&*self.read, instances).await
     }
 
+    /// Whether the stored checkpoint is at `position` or past it: a commit that answered an
+    /// error may still have committed (the connection dropped after COMMIT reached the
+    /// server), and handling its events again would repeat their steps.
+    async fn committed(&self, position: u64) -> bool {
+        self.read
+            .checkpoint(&self.name, self.generation)
+            .await
+            .is_ok_and(|stored| stored >= position)
+    }
+
     /// The checkpoint is at `position`.
     fn handled(&mut self, position: u64) {
         self.position = position;
@@ -383,6 +418,7 @@ impl<S: Saga> Manager<S> {
                     outbox = sent;
                     break;
                 }
+                Err(HandleError::Store(_)) if self.committed(event.position).await => break,
                 Err(HandleError::Store(error)) => {
                     self.status.send_modify(|s| {
                         s.state = ProcessorState::Failing;
@@ -501,7 +537,7 @@ impl<S: Saga> Manager<S> {
                     step,
                     &Cause {
                         seed,
-                        order: event.position,
+                        order: event_order(event.position),
                         metadata,
                         now_micros: now.timestamp_micros(),
                     },
@@ -526,7 +562,7 @@ impl<S: Saga> Manager<S> {
             metadata,
             now_micros,
         } = cause;
-        let (seed, order, now_micros) = (*seed, *order, *now_micros);
+        let (seed, order, now_micros) = (*seed, order.as_str(), *now_micros);
         let mut outgoing: Vec<S::Command> = Vec::new();
         instance.compensations.extend(step.undo);
         for send in step.send {
@@ -668,7 +704,7 @@ impl<S: Saga> Manager<S> {
                         step,
                         &Cause {
                             seed,
-                            order: self.position,
+                            order: deadline_order(self.position, due_micros),
                             metadata,
                             now_micros: now.timestamp_micros(),
                         },
@@ -695,9 +731,23 @@ impl<S: Saga> Manager<S> {
     /// refused it for good). A command that cannot be sent now holds back the later commands
     /// of its own instance (their order matters), not those of other instances.
     async fn send_outbox(&mut self) {
-        let Ok(pending) = self.read.scan(&self.name, "o:", 1_000).await else {
-            return;
-        };
+        self.outbox_scanned = tokio::time::Instant::now();
+        loop {
+            let Ok(pending) = self.read.scan(&self.name, "o:", OUTBOX_PAGE).await else {
+                return;
+            };
+            let full = pending.len() == OUTBOX_PAGE;
+            let sent = self.send_page(pending).await;
+            // A full page all sent: there may be more behind it. A page with held commands
+            // waits for the next tick (what is held would come first again).
+            if !full || !sent {
+                return;
+            }
+        }
+    }
+
+    /// Sends one page of the outbox; answers whether every command of it left.
+    async fn send_page(&mut self, pending: Vec<(String, Value)>) -> bool {
         let mut held: Vec<Option<String>> = Vec::new();
         for (key, value) in pending {
             let Ok(outgoing) = serde_json::from_value::<Outgoing<S>>(value) else {
@@ -720,6 +770,7 @@ impl<S: Saga> Manager<S> {
                 }
             }
         }
+        held.is_empty()
     }
 
     async fn forget(&self, key: &str) {
@@ -740,7 +791,7 @@ impl<S: Saga> Manager<S> {
 /// the metadata they carry, and the time.
 struct Cause {
     seed: Uuid,
-    order: u64,
+    order: String,
     metadata: Metadata,
     now_micros: i64,
 }
@@ -808,5 +859,35 @@ impl Docs {
 
     fn writes(self) -> Vec<(String, Option<Value>)> {
         self.docs.into_writes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keys_sort_in_decision_order() {
+        let id = |n: u8| Uuid::from_bytes([n; 16]);
+        // A deadline fired at position 7 decides after the event at 7, whatever the ids say;
+        // deadlines fired together go by due time; everything at 7 comes after position 6.
+        let mut keys = vec![
+            outbox_key(&deadline_order(7, 2_000), 0, id(1)),
+            outbox_key(&event_order(7), 1, id(9)),
+            outbox_key(&deadline_order(7, 1_000), 0, id(2)),
+            outbox_key(&event_order(7), 0, id(255)),
+            outbox_key(&deadline_order(6, i64::MAX), 3, id(0)),
+            outbox_key(&event_order(8), 0, id(0)),
+        ];
+        let expected = vec![
+            outbox_key(&deadline_order(6, i64::MAX), 3, id(0)),
+            outbox_key(&event_order(7), 0, id(255)),
+            outbox_key(&event_order(7), 1, id(9)),
+            outbox_key(&deadline_order(7, 1_000), 0, id(2)),
+            outbox_key(&deadline_order(7, 2_000), 0, id(1)),
+            outbox_key(&event_order(8), 0, id(0)),
+        ];
+        keys.sort();
+        assert_eq!(keys, expected);
     }
 }

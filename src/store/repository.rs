@@ -188,11 +188,7 @@ impl<A: Aggregate> Repository<A> {
                     reason: "applying the event panicked".into(),
                 });
             }
-            if let Some(id) = record
-                .metadata
-                .command_id
-                .filter(|id| recent.back() != Some(id))
-            {
+            if let Some(id) = record.metadata.command_id.filter(|id| !recent.contains(id)) {
                 if recent.len() == RECENT_COMMANDS {
                     recent.pop_front();
                 }

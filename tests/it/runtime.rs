@@ -373,6 +373,39 @@ async fn two_processes_on_one_hot_aggregate_lose_nothing() {
             counters.restarts.load(Ordering::SeqCst),
         )
     };
+    // Each actor's state is the fold of exactly the events up to its version: catching up
+    // neither skipped nor applied twice anything it missed.
+    for test in [&one, &two, &one] {
+        test.gateway()
+            .send_and_wait::<Pot>("hot", water(1), Metadata::default())
+            .await
+            .unwrap();
+    }
+    for test in [&one, &two] {
+        let (water, events, version) = test
+            .gateway()
+            .inspect::<Pot, _>("hot", |pot, version| (pot.water, pot.events, version))
+            .await
+            .unwrap();
+        assert_eq!(events, version, "every event folded once");
+        assert_eq!(
+            water,
+            version - 1,
+            "one Planted, then a Watered per command"
+        );
+    }
+    assert_eq!(
+        nursery::store::Repository::<Pot>::new(
+            Arc::clone(&store),
+            Codec::default(),
+            SnapshotPolicy::NEVER,
+        )
+        .load("hot")
+        .await
+        .unwrap()
+        .version,
+        324
+    );
     let ((caught_one, restarts_one), (caught_two, restarts_two)) = (counters(&one), counters(&two));
     assert!(
         caught_one + caught_two > 0,
