@@ -501,6 +501,69 @@ pub async fn a_batch_is_handled_as_one_event_at_a_time_would_be(backend: ReadBac
     assert!(outbox.is_empty(), "every command was sent: {outbox:?}");
 }
 
+/// A poisoned event in the middle of a batch (its association document does not decode): the
+/// batch falls back to one event at a time, the poisoned one is parked, the others take
+/// effect once.
+pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
+    let runtime = Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap();
+    let generation = backend
+        .read
+        .active_generation("saga:gardener")
+        .await
+        .unwrap();
+    backend
+        .read
+        .commit(nursery::projections::Commit {
+            name: "saga:gardener",
+            generation,
+            writes: vec![("a:pot=x".into(), Some(serde_json::json!({"not": "a list"})))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gateway = runtime.gateway();
+    for id in ["a", "x", "b"] {
+        gateway
+            .send_and_wait::<Pot>(
+                id,
+                PotCommand::Plant {
+                    species: "fern".into(),
+                },
+                Metadata::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let clock = Arc::new(ManualClock::default());
+    let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
+    for id in ["a", "b"] {
+        let pot = until(&backend, id, |p| p.water == 10).await;
+        assert_eq!(pot.events, 2, "{id} watered once: {pot:?}");
+    }
+    let head = runtime.store().head().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while saga.report().await.position < head {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never got past the poison"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        pot(&backend, "x").await.water,
+        0,
+        "the poisoned start did nothing"
+    );
+    let parked = backend.read.dead_letters("saga:gardener").await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].stream.aggregate_id, "x");
+    assert!(parked[0].parked);
+}
+
 macro_rules! saga_suite {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
         mod $backend {
@@ -528,4 +591,5 @@ all_saga_backends!(
     a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime,
     events_waiting_are_handled_before_due_deadlines,
     a_batch_is_handled_as_one_event_at_a_time_would_be,
+    a_poisoned_event_in_a_batch_parks_alone,
 );
