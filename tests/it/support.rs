@@ -195,12 +195,22 @@ impl Vhost {
             matches!(self._turn, BrokerTurn::Alone(_)),
             "only a test that has the broker alone may restart it"
         );
-        /// Starts the broker again even if the test fails while it is down.
+        /// Starts the broker again even if the test fails while it is down (without asserting:
+        /// a panic inside a panic would abort the whole test binary).
         struct StartAgain;
         impl Drop for StartAgain {
             fn drop(&mut self) {
-                rabbitmqctl(&["start_app"]);
-                rabbitmqctl(&["await_startup"]);
+                for args in [["start_app"], ["await_startup"]] {
+                    let started = std::process::Command::new("rabbitmqctl")
+                        .args(args)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    if !started && !std::thread::panicking() {
+                        panic!("rabbitmqctl {args:?} failed: the broker stays down");
+                    }
+                }
             }
         }
         rabbitmqctl(&["stop_app"]);
