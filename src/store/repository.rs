@@ -160,10 +160,30 @@ impl<A: Aggregate> Repository<A> {
 
     /// Brings `loaded` up to date: folds the events of aggregate `id` stored after
     /// `loaded.version` (another process wrote them, or a part of a group that failed). This
-    /// is what an actor does after a concurrency conflict: it reads only what it missed.
+    /// is what an actor does after a concurrency conflict: it reads only what it missed. When
+    /// it missed more than a snapshot interval and a newer snapshot exists, it starts from that
+    /// snapshot instead.
     #[instrument(skip(self, loaded), fields(aggregate = A::TYPE, from = loaded.version + 1), err)]
     pub async fn catch_up(&self, id: &str, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
-        self.fold(&Self::stream(id), loaded).await
+        let stream = Self::stream(id);
+        let mut loaded = loaded;
+        if self.policy.every > 0 {
+            if let Some(snapshot) = self.store.latest_snapshot(&stream).await? {
+                let far = snapshot.sequence >= loaded.version.saturating_add(self.policy.every);
+                if far && snapshot.revision == A::SNAPSHOT_REVISION {
+                    if let Ok(state) = self.codec.decode_state::<A>(
+                        &stream,
+                        snapshot.sequence,
+                        snapshot.format,
+                        &snapshot.payload,
+                    ) {
+                        loaded.state = state;
+                        loaded.version = snapshot.sequence;
+                    }
+                }
+            }
+        }
+        self.fold(&stream, loaded).await
     }
 
     /// Folds the events after `loaded.version`, a page at a time.

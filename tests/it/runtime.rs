@@ -418,6 +418,62 @@ async fn two_processes_on_one_hot_aggregate_lose_nothing() {
     );
 }
 
+/// An actor far behind (another process wrote more than a snapshot interval since) catches up
+/// from the newest snapshot, not by folding every event it missed.
+#[actix_rt::test]
+async fn catching_up_far_behind_starts_from_a_newer_snapshot() {
+    let policy = SnapshotPolicy { every: 10, keep: 2 };
+    let test = start(RuntimeConfig {
+        snapshots: policy,
+        ..quick()
+    })
+    .await;
+    let gateway = test.gateway();
+    gateway
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    for _ in 0..99 {
+        gateway
+            .send_and_wait::<Pot>("p", water(1), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let stream = StreamId::new("Pot", "p");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while test
+        .store()
+        .latest_snapshot(&stream)
+        .await
+        .unwrap()
+        .is_none_or(|s| s.sequence < 100)
+    {
+        assert!(std::time::Instant::now() < deadline, "no snapshot at 100");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stale = || nursery::store::Loaded {
+        state: Pot::default(),
+        version: 0,
+        replayed: 0,
+        recent_commands: Vec::new(),
+    };
+    let repository = |policy| {
+        nursery::store::Repository::<Pot>::new(Arc::clone(test.store()), Codec::default(), policy)
+    };
+    let from_snapshot = repository(policy).catch_up("p", stale()).await.unwrap();
+    let folded = repository(SnapshotPolicy::NEVER)
+        .catch_up("p", stale())
+        .await
+        .unwrap();
+    assert_eq!((from_snapshot.version, folded.version), (100, 100));
+    assert_eq!(from_snapshot.state.water, folded.state.water);
+    assert_eq!(
+        folded.replayed, 100,
+        "without snapshots every event is folded"
+    );
+    assert_eq!(from_snapshot.replayed, 0, "the snapshot at 100 was used");
+}
+
 #[actix_rt::test]
 async fn conflicts_without_end_give_up_with_a_conflict_error() {
     let test = start(RuntimeConfig {
