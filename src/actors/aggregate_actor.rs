@@ -171,22 +171,38 @@ impl<A: Aggregate> AggregateActor<A> {
             let _permit = permits.acquire_owned().await;
             repository.load(&id).await
         };
-        ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
+        ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| {
+            actor.resume(loaded, "rehydrated", ctx);
+        }));
+    }
+
+    /// Takes the state a rehydration or a catch-up produced and decides what waits; on a store
+    /// error, fails what waits and stops (the supervisor restarts the actor). Answers whether
+    /// the state is back.
+    fn resume(
+        &mut self,
+        loaded: Result<Loaded<A>, StoreError>,
+        how: &'static str,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        match loaded {
             Ok(loaded) => {
-                actor.state = loaded.state;
-                actor.version = loaded.version;
-                actor.recent = loaded.recent_commands.into_iter().collect();
-                actor.ready = true;
-                debug!(aggregate = A::TYPE, id = %actor.id, version = actor.version, replayed = loaded.replayed, "rehydrated");
+                self.state = loaded.state;
+                self.version = loaded.version;
+                self.recent = loaded.recent_commands.into();
+                self.ready = true;
+                debug!(aggregate = A::TYPE, id = %self.id, version = self.version, folded = loaded.replayed, how);
                 ctx.notify(Flush);
+                true
             }
             Err(error) => {
-                warn!(aggregate = A::TYPE, id = %actor.id, %error, "rehydration failed; restarting");
+                warn!(aggregate = A::TYPE, id = %self.id, %error, how, "loading the state failed; restarting");
                 let error = Arc::new(error);
-                actor.fail_all(|| CommandError::Store(Arc::clone(&error)));
+                self.fail_all(|| CommandError::Store(Arc::clone(&error)));
                 ctx.stop();
+                false
             }
-        }));
+        }
     }
 
     /// After a conflict: reads the events stored since our version (another process's, or the
@@ -204,24 +220,16 @@ impl<A: Aggregate> AggregateActor<A> {
         };
         let catch_up = async move { repository.catch_up(&id, loaded).await };
         let before = self.version;
-        ctx.wait(catch_up.into_actor(self).map(move |caught, actor, ctx| match caught {
-            Ok(loaded) => {
-                actor.state = loaded.state;
-                actor.version = loaded.version;
+        ctx.wait(catch_up.into_actor(self).map(move |caught, actor, ctx| {
+            if actor.resume(caught, "caught up after a conflict", ctx) {
+                actor
+                    .settings
+                    .counters
+                    .caught_up
+                    .fetch_add(1, Ordering::Relaxed);
                 // A snapshot point crossed by what was missed (or by the written part of a
                 // group) is taken now: the next flush only looks at what it writes itself.
-                actor.snapshot_if_due(before, loaded.version);
-                actor.recent = loaded.recent_commands.into();
-                actor.ready = true;
-                actor.settings.counters.caught_up.fetch_add(1, Ordering::Relaxed);
-                debug!(aggregate = A::TYPE, id = %actor.id, version = actor.version, missed = loaded.replayed, "caught up after a conflict");
-                ctx.notify(Flush);
-            }
-            Err(error) => {
-                warn!(aggregate = A::TYPE, id = %actor.id, %error, "catching up failed; restarting");
-                let error = Arc::new(error);
-                actor.fail_all(|| CommandError::Store(Arc::clone(&error)));
-                ctx.stop();
+                actor.snapshot_if_due(before, actor.version);
             }
         }));
     }

@@ -128,6 +128,23 @@ async fn stored_ids(shop: &Nursery) -> BTreeSet<String> {
     records.iter().map(|r| r.event_id.to_string()).collect()
 }
 
+/// Waits for the relay to publish up to the head, then for a fresh consumer of the durable
+/// queue to have seen (with what `seen` holds) every stored event.
+async fn everything_arrives(shop: &Nursery, url: &str, seen: &mut Vec<Value>, after: &str) {
+    let head = shop.runtime().store().head().await.unwrap();
+    let relay = shop.relay().unwrap().clone();
+    assert!(
+        relay.wait_for(head, Duration::from_secs(30)).await,
+        "the relay never caught up after the {after}"
+    );
+    let mut consumer = listen(url).await;
+    let wanted = stored_ids(shop).await;
+    assert!(
+        receive(&mut consumer, seen, &wanted).await,
+        "events were lost across the {after}"
+    );
+}
+
 #[actix_rt::test]
 async fn every_event_reaches_the_exchange_even_across_a_cut_connection() {
     let vhost = Vhost::new();
@@ -169,18 +186,7 @@ async fn every_event_reaches_the_exchange_even_across_a_cut_connection() {
     )
     .await
     .unwrap();
-    let head = shop.runtime().store().head().await.unwrap();
-    let relay = shop.relay().unwrap().clone();
-    assert!(
-        relay.wait_for(head, Duration::from_secs(30)).await,
-        "the relay never caught up after the cut"
-    );
-    let mut consumer = listen(&vhost.url).await;
-    let wanted = stored_ids(&shop).await;
-    assert!(
-        receive(&mut consumer, &mut seen, &wanted).await,
-        "events were lost across the cut"
-    );
+    everything_arrives(&shop, &vhost.url, &mut seen, "cut").await;
     let kinds: BTreeSet<&str> = seen.iter().map(|m| m["type"].as_str().unwrap()).collect();
     assert!(
         kinds.contains("ItemAdded") && kinds.contains("StockReserved"),
@@ -227,19 +233,8 @@ async fn a_broker_restarted_mid_run_loses_nothing() {
         })
         .await;
 
-    let head = shop.runtime().store().head().await.unwrap();
-    let relay = shop.relay().unwrap().clone();
-    assert!(
-        relay.wait_for(head, Duration::from_secs(30)).await,
-        "the relay never caught up after the restart"
-    );
     // The durable queue kept what it had not delivered; the relay sent the rest.
-    let mut consumer = listen(&vhost.url).await;
-    let wanted = stored_ids(&shop).await;
-    assert!(
-        receive(&mut consumer, &mut seen, &wanted).await,
-        "events were lost across the restart"
-    );
+    everything_arrives(&shop, &vhost.url, &mut seen, "restart").await;
     let added = seen.iter().filter(|m| m["type"] == "ItemAdded").count();
     assert!(added >= 6, "{added} ItemAdded messages");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -239,6 +239,27 @@ async fn manager(
     .unwrap()
 }
 
+async fn pot_runtime(backend: &ReadBackend) -> Runtime {
+    Runtime::builder(Arc::clone(&backend.store))
+        .aggregate::<Pot>()
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn plant_pot(gateway: &nursery::actors::CommandGateway, id: &str, species: &str) {
+    gateway
+        .send_and_wait::<Pot>(
+            id,
+            PotCommand::Plant {
+                species: species.into(),
+            },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+}
+
 async fn pot(backend: &ReadBackend, id: &str) -> Pot {
     Repository::<Pot>::new(
         Arc::clone(&backend.store),
@@ -268,24 +289,10 @@ async fn until(backend: &ReadBackend, id: &str, check: impl Fn(&Pot) -> bool) ->
 }
 
 pub async fn the_saga_waters_once_and_fires_its_deadline_once(backend: ReadBackend) {
-    let runtime = Runtime::builder(Arc::clone(&backend.store))
-        .aggregate::<Pot>()
-        .start()
-        .await
-        .unwrap();
+    let runtime = pot_runtime(&backend).await;
     let clock = Arc::new(ManualClock::default());
     let saga = manager(&backend, &runtime, &clock, Arc::new(AtomicUsize::new(1))).await;
-    runtime
-        .gateway()
-        .send_and_wait::<Pot>(
-            "p",
-            PotCommand::Plant {
-                species: "fern".into(),
-            },
-            Metadata::default(),
-        )
-        .await
-        .unwrap();
+    plant_pot(&runtime.gateway(), "p", "fern").await;
     let watered = until(&backend, "p", |p| p.water == 10).await;
     assert_eq!(
         watered.events, 2,
@@ -316,24 +323,11 @@ pub async fn the_saga_waters_once_and_fires_its_deadline_once(backend: ReadBacke
 }
 
 pub async fn a_hard_prune_compensates_through_the_gateway(backend: ReadBackend) {
-    let runtime = Runtime::builder(Arc::clone(&backend.store))
-        .aggregate::<Pot>()
-        .start()
-        .await
-        .unwrap();
+    let runtime = pot_runtime(&backend).await;
     let clock = Arc::new(ManualClock::default());
     let _saga = manager(&backend, &runtime, &clock, Arc::default()).await;
     let gateway = runtime.gateway();
-    gateway
-        .send_and_wait::<Pot>(
-            "p",
-            PotCommand::Plant {
-                species: "fern".into(),
-            },
-            Metadata::default(),
-        )
-        .await
-        .unwrap();
+    plant_pot(&gateway, "p", "fern").await;
     until(&backend, "p", |p| p.water == 10).await;
     gateway
         .send_and_wait::<Pot>("p", PotCommand::Prune { leaves: 60 }, Metadata::default())
@@ -353,38 +347,14 @@ pub async fn a_hard_prune_compensates_through_the_gateway(backend: ReadBackend) 
 pub async fn a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime(
     backend: ReadBackend,
 ) {
-    let runtime = Runtime::builder(Arc::clone(&backend.store))
-        .aggregate::<Pot>()
-        .start()
-        .await
-        .unwrap();
+    let runtime = pot_runtime(&backend).await;
     let clock = Arc::new(ManualClock::default());
     let first = manager(&backend, &runtime, &clock, Arc::default()).await;
-    runtime
-        .gateway()
-        .send_and_wait::<Pot>(
-            "p",
-            PotCommand::Plant {
-                species: "fern".into(),
-            },
-            Metadata::default(),
-        )
-        .await
-        .unwrap();
+    plant_pot(&runtime.gateway(), "p", "fern").await;
     until(&backend, "p", |p| p.water == 10).await;
     drop(first);
     clock.advance(chrono::Duration::hours(5));
-    runtime
-        .gateway()
-        .send_and_wait::<Pot>(
-            "q",
-            PotCommand::Plant {
-                species: "ivy".into(),
-            },
-            Metadata::default(),
-        )
-        .await
-        .unwrap();
+    plant_pot(&runtime.gateway(), "q", "ivy").await;
     let second = manager(&backend, &runtime, &clock, Arc::default()).await;
     second.tick().await;
     until(&backend, "p", |p| p.water == 30).await;
@@ -397,24 +367,11 @@ pub async fn a_restarted_manager_resumes_and_fires_deadlines_due_during_downtime
 }
 
 pub async fn events_waiting_are_handled_before_due_deadlines(backend: ReadBackend) {
-    let runtime = Runtime::builder(Arc::clone(&backend.store))
-        .aggregate::<Pot>()
-        .start()
-        .await
-        .unwrap();
+    let runtime = pot_runtime(&backend).await;
     let clock = Arc::new(ManualClock::default());
     let first = manager(&backend, &runtime, &clock, Arc::default()).await;
     let gateway = runtime.gateway();
-    gateway
-        .send_and_wait::<Pot>(
-            "p",
-            PotCommand::Plant {
-                species: "fern".into(),
-            },
-            Metadata::default(),
-        )
-        .await
-        .unwrap();
+    plant_pot(&gateway, "p", "fern").await;
     until(&backend, "p", |p| p.water == 10).await;
     drop(first);
     // While the manager is down, the check falls due and a hard prune (which cancels it) is
@@ -436,23 +393,10 @@ pub async fn events_waiting_are_handled_before_due_deadlines(backend: ReadBacken
 /// ended within the batch, others started in it, and unrelated events between them. The batch
 /// is one transaction; the outcome is what one event at a time gives.
 pub async fn a_batch_is_handled_as_one_event_at_a_time_would_be(backend: ReadBackend) {
-    let runtime = Runtime::builder(Arc::clone(&backend.store))
-        .aggregate::<Pot>()
-        .start()
-        .await
-        .unwrap();
+    let runtime = pot_runtime(&backend).await;
     let gateway = runtime.gateway();
     for id in ["a", "b", "c"] {
-        gateway
-            .send_and_wait::<Pot>(
-                id,
-                PotCommand::Plant {
-                    species: "fern".into(),
-                },
-                Metadata::default(),
-            )
-            .await
-            .unwrap();
+        plant_pot(&gateway, id, "fern").await;
         gateway
             .send_and_wait::<Pot>(
                 id,
@@ -505,11 +449,7 @@ pub async fn a_batch_is_handled_as_one_event_at_a_time_would_be(backend: ReadBac
 /// batch falls back to one event at a time, the poisoned one is parked, the others take
 /// effect once.
 pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
-    let runtime = Runtime::builder(Arc::clone(&backend.store))
-        .aggregate::<Pot>()
-        .start()
-        .await
-        .unwrap();
+    let runtime = pot_runtime(&backend).await;
     let generation = backend
         .read
         .active_generation("saga:gardener")
@@ -527,16 +467,7 @@ pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
         .unwrap();
     let gateway = runtime.gateway();
     for id in ["a", "x", "b"] {
-        gateway
-            .send_and_wait::<Pot>(
-                id,
-                PotCommand::Plant {
-                    species: "fern".into(),
-                },
-                Metadata::default(),
-            )
-            .await
-            .unwrap();
+        plant_pot(&gateway, id, "fern").await;
     }
     let clock = Arc::new(ManualClock::default());
     let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
