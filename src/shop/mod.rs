@@ -1184,7 +1184,53 @@ impl Nursery {
             }
             all.push(status);
         }
+        if matches!(inner.role, Role::Command | Role::Query) {
+            // The sagas and the relay run in the events process: report them as their
+            // checkpoints in the database say, as the views are.
+            let mut elsewhere = vec![
+                format!("saga:{}", <Purchase as crate::domain::Saga>::NAME),
+                format!("saga:{}", <PaymentProcessing as crate::domain::Saga>::NAME),
+                format!("saga:{}", <ReservationKeeper as crate::domain::Saga>::NAME),
+            ];
+            if inner.uses_broker {
+                elsewhere.push(crate::projections::RELAY_NAME.to_owned());
+            }
+            let head = inner.store.head().await.unwrap_or(0);
+            for name in elsewhere {
+                all.push(self.followed(name, head).await);
+            }
+        }
         all
+    }
+
+    /// A processor another process runs, as its checkpoint says.
+    async fn followed(&self, name: String, head: u64) -> ProcessorStatus {
+        let read = &self.inner.read;
+        let checkpoint = match read.active_generation(&name).await {
+            Ok(generation) => read
+                .checkpoint(&name, generation)
+                .await
+                .map(|position| (generation, position)),
+            Err(error) => Err(error),
+        };
+        let (generation, position, last_error) = match checkpoint {
+            Ok((generation, position)) => (generation, position, None),
+            Err(error) => (0, 0, Some(error.to_string())),
+        };
+        ProcessorStatus {
+            name,
+            position,
+            generation,
+            state: if last_error.is_some() {
+                crate::projections::ProcessorState::Failing
+            } else {
+                crate::projections::ProcessorState::Running
+            },
+            rebuild_position: None,
+            last_error,
+            head,
+            lag: head.saturating_sub(position),
+        }
     }
 
     /// Rebuilds a read model from position 0 while the current one keeps serving.

@@ -367,6 +367,23 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
             let in_view: u64 = view["lines"].as_array().unwrap().iter().map(|l| l["quantity"].as_u64().unwrap()).sum();
             assert_eq!(in_store, in_view, "cart {cart}: the view disagrees with the store");
         }
+        // The query process reports every processor, those of the events process included,
+        // and all of them reach the head.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, listed) = call(&client, "GET", format!("{}/api/admin/projections", query.base), ADMIN, None).await;
+            assert_eq!(status, 200, "{listed}");
+            let names: BTreeSet<&str> = listed.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+            for name in ["catalog", "carts", "orders", "notifications", "saga:PurchaseManagement", "saga:PaymentProcessing", "saga:CartReservations", "relay:amqp"] {
+                assert!(names.contains(name), "{name} is not listed: {listed}");
+            }
+            let behind: Vec<&Value> = listed.as_array().unwrap().iter().filter(|p| p["position"].as_u64() < Some(head)).collect();
+            if behind.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "processors never reached {head}: {behind:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // The SSE client saw the cart change (its first event is the view when it connected).
         let deadline = Instant::now() + Duration::from_secs(10);
         while *sse_events.lock().unwrap() < 3 {
