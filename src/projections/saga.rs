@@ -25,25 +25,30 @@
 //!   holds the lead (`leader.rs`), whose commits are fenced.
 //! - Compensation: each command may carry the command that undoes it; a step that compensates
 //!   sends the recorded ones, newest first.
+//! - An event the saga cannot handle (a document that does not decode) is retried with
+//!   backoff, then parked as a dead letter; later events of its stream are parked behind it,
+//!   waiting, so they are never handled out of order. `SagaHandle::retry` handles them again
+//!   in order; `SagaHandle::skip` gives one up and releases those behind it.
 //!
 //! Must not touch: HTTP; concrete sagas live in the domain.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 use uuid::Uuid;
 
-use super::read_store::{Commit, NewDeadLetter, ReadStore};
+use super::read_store::{Commit, DeadLetter, NewDeadLetter, ReadStore};
 use super::runner::{Documents, ProcessorState, ProcessorStatus};
 use crate::actors::{Broker, EventBatch, Subscribe};
 use crate::clock::Clock;
 use crate::domain::{Association, Routing, Saga, Step};
-use crate::store::{Metadata, RecordedEvent, StoreError};
+use crate::store::{EventStore, Metadata, RecordedEvent, StoreError, StreamId};
 
 /// Turns a stored event into the saga's event type (`None`: not one it listens to).
 pub type SagaDecoder<S> = Arc<dyn Fn(&RecordedEvent) -> Option<<S as Saga>::Event> + Send + Sync>;
@@ -71,6 +76,10 @@ pub struct SagaConfig {
     pub tick: Duration,
     /// Batches the broker may queue for the manager.
     pub channel_capacity: usize,
+    /// Tries after the first failure before an event the saga cannot handle is parked.
+    pub retries: u32,
+    /// The wait before the first retry (doubled each time).
+    pub retry_backoff: Duration,
 }
 
 impl Default for SagaConfig {
@@ -78,8 +87,20 @@ impl Default for SagaConfig {
         Self {
             tick: Duration::from_millis(250),
             channel_capacity: 64,
+            retries: 3,
+            retry_backoff: Duration::from_millis(50),
         }
     }
+}
+
+/// What a handle asks of its manager.
+enum Control {
+    /// Look for due deadlines and unsent commands now.
+    Tick,
+    /// Handle again the parked events of a stream, and those waiting behind them.
+    Retry(StreamId, oneshot::Sender<Result<usize, String>>),
+    /// Never handle a parked event; handle those waiting behind it.
+    Skip(i64, oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -112,9 +133,10 @@ struct Outgoing<S: Saga> {
 #[derive(Clone)]
 pub struct SagaHandle {
     name: String,
+    read: Arc<dyn ReadStore>,
     broker: actix::Addr<Broker>,
     status: watch::Receiver<ProcessorStatus>,
-    tick: mpsc::Sender<()>,
+    control: mpsc::Sender<Control>,
 }
 
 impl SagaHandle {
@@ -149,7 +171,39 @@ impl SagaHandle {
     /// Looks for due deadlines and unsent commands now, rather than at the next tick (tests
     /// that move a manual clock call this).
     pub async fn tick(&self) {
-        let _ = self.tick.send(()).await;
+        let _ = self.control.send(Control::Tick).await;
+    }
+
+    /// The events this saga parked (and those waiting behind them), oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read.dead_letters(&self.name).await
+    }
+
+    /// Handles again the parked events of `stream` and the events waiting behind them, in
+    /// order; answers how many were handled. If one fails again, nothing is handled and they
+    /// stay parked.
+    pub async fn retry(&self, stream: StreamId) -> Result<usize, String> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Retry(stream, reply))
+            .await
+            .map_err(|_| "the saga manager stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the saga manager stopped".to_owned())?
+    }
+
+    /// Skips the dead letter `id`: it is never handled, stays listed (marked skipped), and the
+    /// events of its stream waiting behind it are handled.
+    pub async fn skip(&self, id: i64) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Skip(id, reply))
+            .await
+            .map_err(|_| "the saga manager stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the saga manager stopped".to_owned())?
     }
 }
 
@@ -165,10 +219,17 @@ struct Manager<S: Saga> {
     status: watch::Sender<ProcessorStatus>,
     /// When the outbox was last read (a backlog of events must not keep it waiting).
     outbox_scanned: tokio::time::Instant,
+    /// Where parked events are read again for a retry.
+    store: Arc<dyn EventStore>,
+    /// Streams with a parked event: their later events wait behind it.
+    blocked: HashSet<StreamId>,
+    retries: u32,
+    retry_backoff: Duration,
 }
 
 /// Starts the manager of saga `S`.
 pub async fn start_saga<S: Saga>(
+    store: Arc<dyn EventStore>,
     read: Arc<dyn ReadStore>,
     broker: actix::Addr<Broker>,
     decode: SagaDecoder<S>,
@@ -198,11 +259,19 @@ pub async fn start_saga<S: Saga>(
         })
         .await
         .map_err(|e| StoreError::Internal(format!("the broker is gone: {e}")))?;
-    let (tick, ticks) = mpsc::channel(4);
+    let blocked = read
+        .dead_letters(&name)
+        .await?
+        .into_iter()
+        .filter(|d| !d.skipped)
+        .map(|d| d.stream)
+        .collect();
+    let (control, controls) = mpsc::channel(4);
     let manager = Manager::<S> {
         broker: broker.clone(),
         name: name.clone(),
-        read,
+        store,
+        read: Arc::clone(&read),
         decode,
         dispatch,
         clock,
@@ -210,13 +279,17 @@ pub async fn start_saga<S: Saga>(
         position,
         status,
         outbox_scanned: tokio::time::Instant::now(),
+        blocked,
+        retries: config.retries,
+        retry_backoff: config.retry_backoff,
     };
-    actix_rt::spawn(manager.run(events, ticks, config.tick));
+    actix_rt::spawn(manager.run(events, controls, config.tick));
     Ok(SagaHandle {
         name,
+        read,
         broker,
         status: watcher,
-        tick,
+        control,
     })
 }
 
@@ -256,7 +329,7 @@ impl<S: Saga> Manager<S> {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<EventBatch>,
-        mut ticks: mpsc::Receiver<()>,
+        mut controls: mpsc::Receiver<Control>,
         every: Duration,
     ) {
         let mut timer = tokio::time::interval(every);
@@ -275,12 +348,16 @@ impl<S: Saga> Manager<S> {
                     }
                     None => break,
                 },
-                tick = ticks.recv() => {
-                    if tick.is_none() {
-                        break;
+                control = controls.recv() => match control {
+                    Some(Control::Tick) => self.on_tick().await,
+                    Some(Control::Retry(stream, reply)) => {
+                        let _ = reply.send(self.retry(&stream).await);
                     }
-                    self.on_tick().await;
-                }
+                    Some(Control::Skip(id, reply)) => {
+                        let _ = reply.send(self.skip(id).await);
+                    }
+                    None => break,
+                },
                 _ = timer.tick() => self.on_tick().await,
             }
         }
@@ -321,7 +398,8 @@ impl<S: Saga> Manager<S> {
         let Some(last) = fresh.last().map(|e| e.position) else {
             return;
         };
-        if fresh.len() > 1 {
+        let blocked = fresh.iter().any(|e| self.blocked.contains(&e.stream));
+        if fresh.len() > 1 && !blocked {
             let mut docs = Docs::new(&self.name, self.generation);
             let mut outbox = false;
             let mut handled = self.prefetch(&fresh, &mut docs).await.is_ok();
@@ -410,7 +488,14 @@ impl<S: Saga> Manager<S> {
     /// Handles one event; on a store failure, retries until it is handled (the checkpoint never
     /// passes an event that was not).
     async fn on_event(&mut self, event: &RecordedEvent) {
-        let mut backoff = Duration::from_millis(50);
+        if self.blocked.contains(&event.stream) {
+            // An earlier event of its stream is parked: this one waits behind it, in order.
+            let error = format!("waits behind a parked event of {}", event.stream);
+            self.park(event, error, 0, false).await;
+            return;
+        }
+        let mut backoff = self.retry_backoff;
+        let mut attempts = 0;
         let mut outbox = true;
         loop {
             match self.handle_event(event).await {
@@ -428,26 +513,15 @@ impl<S: Saga> Manager<S> {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(HandleError::Poison(error)) => {
-                    warn!(saga = %self.name, position = event.position, %error, "parking an event the saga cannot handle");
-                    let commit = Commit {
-                        name: &self.name,
-                        generation: self.generation,
-                        position: event.position,
-                        park: vec![NewDeadLetter {
-                            position: event.position,
-                            stream: event.stream.clone(),
-                            sequence: event.sequence,
-                            event_type: event.event_type.clone(),
-                            error,
-                            attempts: 1,
-                            parked: true,
-                        }],
-                        ..Commit::default()
-                    };
-                    if self.read.commit(commit).await.is_ok() {
-                        break;
+                    attempts += 1;
+                    if attempts > self.retries {
+                        warn!(saga = %self.name, position = event.position, %error, attempts, "parking an event the saga cannot handle");
+                        self.park(event, error, attempts, true).await;
+                        self.blocked.insert(event.stream.clone());
+                        return;
                     }
                     tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -455,6 +529,119 @@ impl<S: Saga> Manager<S> {
         if outbox {
             self.send_outbox().await;
         }
+    }
+
+    /// Parks `event` (failed itself, or waiting behind a parked event of its stream) and moves
+    /// the checkpoint past it, in one transaction; retries until the database takes it.
+    async fn park(&mut self, event: &RecordedEvent, error: String, attempts: u32, parked: bool) {
+        let mut backoff = self.retry_backoff;
+        loop {
+            let commit = Commit {
+                name: &self.name,
+                generation: self.generation,
+                position: event.position,
+                park: vec![NewDeadLetter {
+                    position: event.position,
+                    stream: event.stream.clone(),
+                    sequence: event.sequence,
+                    event_type: event.event_type.clone(),
+                    error: error.clone(),
+                    attempts,
+                    parked,
+                }],
+                ..Commit::default()
+            };
+            if self.read.commit(commit).await.is_ok() || self.committed(event.position).await {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.handled(event.position);
+    }
+
+    /// Handles again, in order and in one transaction, the parked events of `stream` and those
+    /// waiting behind them; on success they leave the dead letters and the stream flows again.
+    async fn retry(&mut self, stream: &StreamId) -> Result<usize, String> {
+        let mut letters: Vec<DeadLetter> = self
+            .read
+            .dead_letters(&self.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|d| &d.stream == stream && !d.skipped)
+            .collect();
+        letters.sort_by_key(|d| d.position);
+        if letters.is_empty() {
+            self.blocked.remove(stream);
+            return Ok(0);
+        }
+        let mut docs = Docs::new(&self.name, self.generation);
+        let mut sent = false;
+        for letter in &letters {
+            let event = self
+                .store
+                .read_all(letter.position, 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .pop()
+                .filter(|e| e.position == letter.position)
+                .ok_or_else(|| format!("event {} is not in the store", letter.position))?;
+            match self.handle_into(&event, &mut docs).await {
+                Ok(queued) => sent |= queued,
+                Err(HandleError::Poison(error)) => {
+                    return Err(format!("position {} fails again: {error}", event.position));
+                }
+                Err(HandleError::Store(error)) => return Err(error.to_string()),
+            }
+        }
+        self.read
+            .commit(Commit {
+                name: &self.name,
+                generation: self.generation,
+                position: self.position,
+                writes: docs.writes(),
+                resolve: letters.iter().map(|d| d.id).collect(),
+                ..Commit::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.blocked.remove(stream);
+        if sent {
+            self.send_outbox().await;
+        }
+        Ok(letters.len())
+    }
+
+    /// Marks one dead letter skipped; if its stream then has only waiting letters, handles them.
+    async fn skip(&mut self, id: i64) -> Result<(), String> {
+        let letters = self
+            .read
+            .dead_letters(&self.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let letter = letters
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| format!("no dead letter {id}"))?;
+        let stream = letter.stream.clone();
+        self.read
+            .commit(Commit {
+                name: &self.name,
+                generation: self.generation,
+                position: self.position,
+                skip: vec![id],
+                ..Commit::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let still_parked = letters
+            .iter()
+            .any(|d| d.id != id && d.stream == stream && d.parked && !d.skipped);
+        if !still_parked {
+            self.retry(&stream).await?;
+        }
+        Ok(())
     }
 
     /// Handles one event in its own transaction; answers whether it queued commands.

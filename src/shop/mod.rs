@@ -330,6 +330,7 @@ impl NurseryBuilder {
         if runs_processors {
             sagas.push(
                 start_saga::<Purchase>(
+                    Arc::clone(&store),
                     Arc::clone(&read),
                     broker.clone(),
                     wiring::purchase_decoder(codec.clone()),
@@ -341,6 +342,7 @@ impl NurseryBuilder {
             );
             sagas.push(
                 start_saga::<PaymentProcessing>(
+                    Arc::clone(&store),
                     Arc::clone(&read),
                     broker.clone(),
                     wiring::payment_decoder(codec.clone()),
@@ -355,6 +357,7 @@ impl NurseryBuilder {
             );
             sagas.push(
                 start_saga::<ReservationKeeper>(
+                    Arc::clone(&store),
                     Arc::clone(&read),
                     broker,
                     wiring::reservation_decoder(codec.clone()),
@@ -1187,11 +1190,7 @@ impl Nursery {
         if matches!(inner.role, Role::Command | Role::Query) {
             // The sagas and the relay run in the events process: report them as their
             // checkpoints in the database say, as the views are.
-            let mut elsewhere = vec![
-                format!("saga:{}", <Purchase as crate::domain::Saga>::NAME),
-                format!("saga:{}", <PaymentProcessing as crate::domain::Saga>::NAME),
-                format!("saga:{}", <ReservationKeeper as crate::domain::Saga>::NAME),
-            ];
+            let mut elsewhere = self.saga_names();
             if inner.uses_broker {
                 elsewhere.push(crate::projections::RELAY_NAME.to_owned());
             }
@@ -1258,7 +1257,19 @@ impl Nursery {
         ] {
             all.extend(self.handle(view).dead_letters().await?);
         }
+        for name in self.saga_names() {
+            all.extend(self.inner.read.dead_letters(&name).await?);
+        }
         Ok(all)
+    }
+
+    /// The sagas' processor names, whichever process runs them.
+    fn saga_names(&self) -> Vec<String> {
+        vec![
+            format!("saga:{}", <Purchase as crate::domain::Saga>::NAME),
+            format!("saga:{}", <PaymentProcessing as crate::domain::Saga>::NAME),
+            format!("saga:{}", <ReservationKeeper as crate::domain::Saga>::NAME),
+        ]
     }
 
     /// Retries the dead letter `id` (and the events of its aggregate waiting behind it), in
@@ -1279,6 +1290,18 @@ impl Nursery {
                     .await
                     .map_err(ShopError::Rejected);
             }
+        }
+        for name in self.saga_names() {
+            let letters = self.inner.read.dead_letters(&name).await?;
+            let Some(letter) = letters.into_iter().find(|d| d.id == id) else {
+                continue;
+            };
+            let Some(saga) = self.inner.sagas.iter().find(|s| s.name() == name) else {
+                return Err(ShopError::Rejected(format!(
+                    "{name} runs in the events process: retry its dead letters there"
+                )));
+            };
+            return saga.retry(letter.stream).await.map_err(ShopError::Rejected);
         }
         Err(ShopError::NotFound)
     }

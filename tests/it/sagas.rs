@@ -225,6 +225,7 @@ async fn manager(
     fail_first: Arc<AtomicUsize>,
 ) -> SagaHandle {
     start_saga::<Gardener>(
+        Arc::clone(&backend.store),
         Arc::clone(&backend.read),
         runtime.broker().clone(),
         decoder(),
@@ -495,6 +496,120 @@ pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
     assert!(parked[0].parked);
 }
 
+/// A parked event holds back the later events of its stream (they wait, in order), not those of
+/// other streams; once the cause is fixed, a retry handles them all, in order, once.
+pub async fn later_events_wait_behind_a_parked_one_until_it_is_retried(backend: ReadBackend) {
+    let runtime = pot_runtime(&backend).await;
+    let generation = backend
+        .read
+        .active_generation("saga:gardener")
+        .await
+        .unwrap();
+    let poison = |doc: Option<serde_json::Value>| nursery::projections::Commit {
+        name: "saga:gardener",
+        generation,
+        writes: vec![("a:pot=x".into(), doc)],
+        ..Default::default()
+    };
+    backend
+        .read
+        .commit(poison(Some(serde_json::json!({"not": "a list"}))))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
+    let gateway = runtime.gateway();
+    plant_pot(&gateway, "x", "fern").await;
+    gateway
+        .send_and_wait::<Pot>("x", PotCommand::Prune { leaves: 60 }, Metadata::default())
+        .await
+        .unwrap();
+    plant_pot(&gateway, "y", "ivy").await;
+    until(&backend, "y", |p| p.water == 10).await;
+    let head = runtime.store().head().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while saga.report().await.position < head {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never got past x"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let letters = saga.dead_letters().await.unwrap();
+    let kinds: Vec<(&str, bool)> = letters
+        .iter()
+        .map(|d| (d.event_type.as_str(), d.parked))
+        .collect();
+    assert_eq!(kinds, [("Planted", true), ("Pruned", false)], "{letters:?}");
+    assert_eq!(letters[0].attempts, 4, "tried, then retried three times");
+    assert_eq!(pot(&backend, "x").await.water, 0);
+
+    // Still broken: the retry fails and changes nothing.
+    let stream = nursery::store::StreamId::new("Pot", "x");
+    assert!(saga.retry(stream.clone()).await.is_err());
+    assert_eq!(saga.dead_letters().await.unwrap().len(), 2);
+    // Fixed: both run, in order (watered at the start, then compensated by the hard prune).
+    backend.read.commit(poison(None)).await.unwrap();
+    assert_eq!(saga.retry(stream).await, Ok(2));
+    let x = until(&backend, "x", |p| p.leaves_pruned == 61).await;
+    assert_eq!((x.water, x.events), (10, 4), "{x:?}");
+    assert!(saga.dead_letters().await.unwrap().is_empty());
+    // The stream flows again.
+    gateway
+        .send_and_wait::<Pot>("x", PotCommand::Prune { leaves: 1 }, Metadata::default())
+        .await
+        .unwrap();
+    let head = runtime.store().head().await.unwrap();
+    saga.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    assert!(saga.dead_letters().await.unwrap().is_empty());
+}
+
+/// Skipping a parked event releases the events waiting behind it; the skipped one stays
+/// listed, marked skipped, and is never handled.
+pub async fn a_skipped_event_releases_those_behind_it(backend: ReadBackend) {
+    let runtime = pot_runtime(&backend).await;
+    let generation = backend
+        .read
+        .active_generation("saga:gardener")
+        .await
+        .unwrap();
+    backend
+        .read
+        .commit(nursery::projections::Commit {
+            name: "saga:gardener",
+            generation,
+            writes: vec![("a:pot=x".into(), Some(serde_json::json!(7)))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
+    let gateway = runtime.gateway();
+    plant_pot(&gateway, "x", "fern").await;
+    gateway
+        .send_and_wait::<Pot>(
+            "x",
+            PotCommand::Water { millilitres: 1 },
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let head = runtime.store().head().await.unwrap();
+    saga.wait_for(head, Duration::from_secs(20)).await.unwrap();
+    let letters = saga.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    saga.skip(letters[0].id).await.unwrap();
+    let left = saga.dead_letters().await.unwrap();
+    assert_eq!(left.len(), 1, "the waiting one was handled: {left:?}");
+    assert!(left[0].skipped && left[0].event_type == "Planted");
+    assert_eq!(
+        pot(&backend, "x").await.water,
+        1,
+        "the skipped start never watered"
+    );
+}
+
 macro_rules! saga_suite {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
         mod $backend {
@@ -523,4 +638,6 @@ all_saga_backends!(
     events_waiting_are_handled_before_due_deadlines,
     a_batch_is_handled_as_one_event_at_a_time_would_be,
     a_poisoned_event_in_a_batch_parks_alone,
+    later_events_wait_behind_a_parked_one_until_it_is_retried,
+    a_skipped_event_releases_those_behind_it,
 );
