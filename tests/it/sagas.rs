@@ -13,7 +13,7 @@ use nursery::domain::{Association, Routing, Saga, Step};
 use nursery::projections::{
     DispatchError, SagaConfig, SagaDecoder, SagaDispatcher, SagaHandle, start_saga,
 };
-use nursery::store::{Codec, Metadata, Repository, SnapshotPolicy};
+use nursery::store::{Codec, Metadata, Repository, SnapshotPolicy, StoreError};
 use nursery::testkit::SagaFixture;
 use serde::{Deserialize, Serialize};
 
@@ -610,6 +610,120 @@ pub async fn a_skipped_event_releases_those_behind_it(backend: ReadBackend) {
     );
 }
 
+/// A read store whose next commits succeed but answer an error, as when the connection drops
+/// after COMMIT reached the server.
+struct LyingReadStore {
+    inner: Arc<dyn nursery::projections::ReadStore>,
+    lies: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl nursery::projections::ReadStore for LyingReadStore {
+    async fn active_generation(&self, name: &str) -> Result<u32, StoreError> {
+        self.inner.active_generation(name).await
+    }
+    async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
+        self.inner.checkpoint(name, generation).await
+    }
+    async fn load(
+        &self,
+        name: &str,
+        generation: u32,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, serde_json::Value>, StoreError> {
+        self.inner.load(name, generation, keys).await
+    }
+    async fn commit(&self, commit: nursery::projections::Commit<'_>) -> Result<(), StoreError> {
+        self.inner.commit(commit).await?;
+        match self
+            .lies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        {
+            Ok(_) => Err(StoreError::Internal(
+                "the connection dropped after COMMIT".into(),
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+    async fn get(&self, name: &str, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.inner.get(name, key).await
+    }
+    async fn scan(
+        &self,
+        name: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        self.inner.scan(name, prefix, limit).await
+    }
+    async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        self.inner.promote(name, generation).await
+    }
+    async fn discard(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        self.inner.discard(name, generation).await
+    }
+    async fn dead_letters(
+        &self,
+        processor: &str,
+    ) -> Result<Vec<nursery::projections::DeadLetter>, StoreError> {
+        self.inner.dead_letters(processor).await
+    }
+    async fn recall_response(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<nursery::projections::StoredResponse>, StoreError> {
+        self.inner.recall_response(scope, key).await
+    }
+    async fn remember_response(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &nursery::projections::StoredResponse,
+        replace_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<nursery::projections::StoredResponse, StoreError> {
+        self.inner
+            .remember_response(scope, key, response, replace_before)
+            .await
+    }
+    async fn forget_responses(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        self.inner.forget_responses(before).await
+    }
+}
+
+/// A commit that answered an error although it committed is not handled again: handling the
+/// start twice would record its compensation twice, and the hard prune would undo it twice.
+pub async fn a_commit_that_committed_despite_an_error_is_not_handled_again(backend: ReadBackend) {
+    let runtime = pot_runtime(&backend).await;
+    let lying = Arc::new(LyingReadStore {
+        inner: Arc::clone(&backend.read),
+        lies: AtomicUsize::new(1),
+    });
+    let mut backend = backend;
+    backend.read = lying.clone();
+    let clock = Arc::new(ManualClock::default());
+    let _saga = manager(&backend, &runtime, &clock, Arc::default()).await;
+    let gateway = runtime.gateway();
+    plant_pot(&gateway, "p", "fern").await;
+    until(&backend, "p", |p| p.water == 10).await;
+    assert_eq!(lying.lies.load(Ordering::SeqCst), 0, "the lie was told");
+    gateway
+        .send_and_wait::<Pot>("p", PotCommand::Prune { leaves: 60 }, Metadata::default())
+        .await
+        .unwrap();
+    let pruned = until(&backend, "p", |p| p.leaves_pruned >= 61).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let settled = pot(&backend, "p").await;
+    assert_eq!(
+        (settled.leaves_pruned, settled.events),
+        (61, 4),
+        "the watering was undone once: {pruned:?} then {settled:?}"
+    );
+}
+
 macro_rules! saga_suite {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
         mod $backend {
@@ -640,4 +754,5 @@ all_saga_backends!(
     a_poisoned_event_in_a_batch_parks_alone,
     later_events_wait_behind_a_parked_one_until_it_is_retried,
     a_skipped_event_releases_those_behind_it,
+    a_commit_that_committed_despite_an_error_is_not_handled_again,
 );
