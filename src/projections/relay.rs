@@ -162,29 +162,11 @@ impl Relay {
     /// One connection's life: publishes until something fails (an error) or the events stop
     /// (Ok: the process is stopping).
     async fn session(&mut self) -> Result<(), String> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| format!("channel: {e}"))?;
+        let (connection, channel) = open_exchange(&self.url).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| format!("confirms: {e}"))?;
-        channel
-            .exchange_declare(
-                EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| format!("exchange: {e}"))?;
         let (sink, mut events) = mpsc::channel::<EventBatch>(64);
         self.broker
             .send(Subscribe {
@@ -257,6 +239,31 @@ impl Relay {
     }
 }
 
+/// Connects to the broker at `url`, opens a channel and declares the durable event exchange
+/// (the relay and the followers both do, whichever starts first).
+async fn open_exchange(url: &str) -> Result<(Connection, lapin::Channel), String> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| format!("channel: {e}"))?;
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("exchange: {e}"))?;
+    Ok((connection, channel))
+}
+
 /// The URL without its password, for logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -296,25 +303,7 @@ async fn follow_once(
 ) -> Result<(), String> {
     use futures_util::StreamExt;
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| format!("channel: {e}"))?;
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("exchange: {e}"))?;
+    let (_connection, channel) = open_exchange(url).await?;
     let queue = channel
         .queue_declare(
             "".into(),

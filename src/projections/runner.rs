@@ -302,27 +302,23 @@ impl ProjectionHandle {
     /// Applies again, in order, the dead letters of `stream`; answers how many were applied.
     /// If the parked one fails again, nothing changes.
     pub async fn retry(&self, stream: StreamId) -> Result<usize, String> {
-        let (reply, answer) = oneshot::channel();
-        self.control
-            .send(Control::Retry(stream, reply))
-            .await
-            .map_err(|_| "the projection stopped".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the projection stopped".to_owned())?
+        ask(
+            &self.control,
+            |reply| Control::Retry(stream, reply),
+            "the projection stopped",
+        )
+        .await
     }
 
     /// Skips the dead letter `id`: it is never applied (here, or by a later rebuild) but stays
     /// listed, marked skipped; the events of its aggregate waiting behind it are then applied.
     pub async fn skip(&self, id: i64) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.control
-            .send(Control::Skip(id, reply))
-            .await
-            .map_err(|_| "the projection stopped".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the projection stopped".to_owned())?
+        ask(
+            &self.control,
+            |reply| Control::Skip(id, reply),
+            "the projection stopped",
+        )
+        .await
     }
 
     /// Test hook (a crash point): the next `n` commits write everything, then fail instead of
@@ -754,29 +750,11 @@ impl Runner {
 
     /// Applies a stream's dead letters in order, in one transaction, resolving them.
     async fn retry(&mut self, stream: &StreamId) -> Result<usize, String> {
-        let letters: Vec<DeadLetter> = self
-            .read
-            .dead_letters(self.name())
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|d| &d.stream == stream && !d.skipped)
-            .collect();
+        let (letters, events) =
+            parked_events(&*self.read, &*self.store, self.name(), stream).await?;
         if letters.is_empty() {
             self.blocked.remove(stream);
             return Ok(0);
-        }
-        let mut events = Vec::with_capacity(letters.len());
-        for letter in &letters {
-            let mut found = self
-                .store
-                .read_all(letter.position, 1)
-                .await
-                .map_err(|e| e.to_string())?;
-            match found.pop().filter(|e| e.position == letter.position) {
-                Some(event) => events.push(event),
-                None => return Err(format!("event {} is not in the store", letter.position)),
-            }
         }
         let keys: Vec<String> = events
             .iter()
@@ -817,30 +795,10 @@ impl Runner {
 
     /// Marks one dead letter skipped; if its stream then has only waiting letters, applies them.
     async fn skip(&mut self, id: i64) -> Result<(), String> {
-        let letters = self
-            .read
-            .dead_letters(self.name())
-            .await
-            .map_err(|e| e.to_string())?;
-        let letter = letters
-            .iter()
-            .find(|d| d.id == id)
-            .ok_or_else(|| format!("no dead letter {id}"))?;
-        let stream = letter.stream.clone();
-        self.read
-            .commit(Commit {
-                name: self.projection.name(),
-                generation: self.generation,
-                position: self.position,
-                skip: vec![id],
-                ..Commit::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let still_parked = letters
-            .iter()
-            .any(|d| d.id != id && d.stream == stream && d.parked && !d.skipped);
-        if !still_parked {
+        let name = self.projection.name().to_owned();
+        if let Some(stream) =
+            skip_letter(&*self.read, &name, self.generation, self.position, id).await?
+        {
             self.retry(&stream).await?;
         }
         Ok(())
@@ -879,4 +837,79 @@ fn take(counter: &AtomicUsize) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
+}
+
+/// The dead letters of `name` for `stream` that are not skipped, by position, with their events
+/// read again from `store`: what a retry handles, in order.
+pub(crate) async fn parked_events(
+    read: &dyn ReadStore,
+    store: &dyn EventStore,
+    name: &str,
+    stream: &StreamId,
+) -> Result<(Vec<DeadLetter>, Vec<RecordedEvent>), String> {
+    let mut letters: Vec<DeadLetter> = read
+        .dead_letters(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|d| &d.stream == stream && !d.skipped)
+        .collect();
+    letters.sort_by_key(|d| d.position);
+    let mut events = Vec::with_capacity(letters.len());
+    for letter in &letters {
+        let event = store
+            .read_all(letter.position, 1)
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+            .filter(|e| e.position == letter.position)
+            .ok_or_else(|| format!("event {} is not in the store", letter.position))?;
+        events.push(event);
+    }
+    Ok((letters, events))
+}
+
+/// Marks dead letter `id` of `name` skipped (the checkpoint stays at `position`); answers its
+/// stream when no other parked letter of it is left, so the letters waiting behind it can go.
+pub(crate) async fn skip_letter(
+    read: &dyn ReadStore,
+    name: &str,
+    generation: u32,
+    position: u64,
+    id: i64,
+) -> Result<Option<StreamId>, String> {
+    let letters = read.dead_letters(name).await.map_err(|e| e.to_string())?;
+    let letter = letters
+        .iter()
+        .find(|d| d.id == id)
+        .ok_or_else(|| format!("no dead letter {id}"))?;
+    let stream = letter.stream.clone();
+    read.commit(Commit {
+        name,
+        generation,
+        position,
+        skip: vec![id],
+        ..Commit::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let still_parked = letters
+        .iter()
+        .any(|d| d.id != id && d.stream == stream && d.parked && !d.skipped);
+    Ok((!still_parked).then_some(stream))
+}
+
+/// Sends a processor the request `make` builds around a reply channel and waits for its answer
+/// (`gone` when the processor has stopped).
+pub(crate) async fn ask<C, T>(
+    control: &mpsc::Sender<C>,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> C,
+    gone: &str,
+) -> Result<T, String> {
+    let (reply, answer) = oneshot::channel();
+    control
+        .send(make(reply))
+        .await
+        .map_err(|_| gone.to_owned())?;
+    answer.await.map_err(|_| gone.to_owned())?
 }

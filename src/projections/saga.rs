@@ -183,27 +183,23 @@ impl SagaHandle {
     /// order; answers how many were handled. If one fails again, nothing is handled and they
     /// stay parked.
     pub async fn retry(&self, stream: StreamId) -> Result<usize, String> {
-        let (reply, answer) = oneshot::channel();
-        self.control
-            .send(Control::Retry(stream, reply))
-            .await
-            .map_err(|_| "the saga manager stopped".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the saga manager stopped".to_owned())?
+        super::runner::ask(
+            &self.control,
+            |reply| Control::Retry(stream, reply),
+            "the saga manager stopped",
+        )
+        .await
     }
 
     /// Skips the dead letter `id`: it is never handled, stays listed (marked skipped), and the
     /// events of its stream waiting behind it are handled.
     pub async fn skip(&self, id: i64) -> Result<(), String> {
-        let (reply, answer) = oneshot::channel();
-        self.control
-            .send(Control::Skip(id, reply))
-            .await
-            .map_err(|_| "the saga manager stopped".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the saga manager stopped".to_owned())?
+        super::runner::ask(
+            &self.control,
+            |reply| Control::Skip(id, reply),
+            "the saga manager stopped",
+        )
+        .await
     }
 }
 
@@ -563,31 +559,16 @@ impl<S: Saga> Manager<S> {
     /// Handles again, in order and in one transaction, the parked events of `stream` and those
     /// waiting behind them; on success they leave the dead letters and the stream flows again.
     async fn retry(&mut self, stream: &StreamId) -> Result<usize, String> {
-        let mut letters: Vec<DeadLetter> = self
-            .read
-            .dead_letters(&self.name)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|d| &d.stream == stream && !d.skipped)
-            .collect();
-        letters.sort_by_key(|d| d.position);
+        let (letters, events) =
+            super::runner::parked_events(&*self.read, &*self.store, &self.name, stream).await?;
         if letters.is_empty() {
             self.blocked.remove(stream);
             return Ok(0);
         }
         let mut docs = Docs::new(&self.name, self.generation);
         let mut sent = false;
-        for letter in &letters {
-            let event = self
-                .store
-                .read_all(letter.position, 1)
-                .await
-                .map_err(|e| e.to_string())?
-                .pop()
-                .filter(|e| e.position == letter.position)
-                .ok_or_else(|| format!("event {} is not in the store", letter.position))?;
-            match self.handle_into(&event, &mut docs).await {
+        for event in &events {
+            match self.handle_into(event, &mut docs).await {
                 Ok(queued) => sent |= queued,
                 Err(HandleError::Poison(error)) => {
                     return Err(format!("position {} fails again: {error}", event.position));
@@ -615,30 +596,10 @@ impl<S: Saga> Manager<S> {
 
     /// Marks one dead letter skipped; if its stream then has only waiting letters, handles them.
     async fn skip(&mut self, id: i64) -> Result<(), String> {
-        let letters = self
-            .read
-            .dead_letters(&self.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        let letter = letters
-            .iter()
-            .find(|d| d.id == id)
-            .ok_or_else(|| format!("no dead letter {id}"))?;
-        let stream = letter.stream.clone();
-        self.read
-            .commit(Commit {
-                name: &self.name,
-                generation: self.generation,
-                position: self.position,
-                skip: vec![id],
-                ..Commit::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let still_parked = letters
-            .iter()
-            .any(|d| d.id != id && d.stream == stream && d.parked && !d.skipped);
-        if !still_parked {
+        let released =
+            super::runner::skip_letter(&*self.read, &self.name, self.generation, self.position, id)
+                .await?;
+        if let Some(stream) = released {
             self.retry(&stream).await?;
         }
         Ok(())

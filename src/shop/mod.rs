@@ -1031,23 +1031,26 @@ impl Nursery {
 
     /// The customer's carts.
     pub async fn carts(&self, customer: &CustomerId) -> Result<Vec<CartView>, ShopError> {
-        let mut carts = Vec::new();
-        for (key, _) in self
-            .scan(
-                View::Carts,
-                &CartsProjection::owner_prefix(customer.as_str()),
-            )
-            .await?
-        {
-            let cart = key.rsplit(':').next().unwrap_or_default();
-            if let Some(view) = self
-                .document::<CartView>(View::Carts, &CartsProjection::key(cart))
-                .await?
-            {
-                carts.push(view);
+        let prefix = CartsProjection::owner_prefix(customer.as_str());
+        self.owned(View::Carts, &prefix, CartsProjection::key).await
+    }
+
+    /// The documents an owner index of `view` lists under `prefix` (its keys end with the
+    /// document's id), each read by the key `key_of` gives its id.
+    async fn owned<T: serde::de::DeserializeOwned>(
+        &self,
+        view: View,
+        prefix: &str,
+        key_of: fn(&str) -> String,
+    ) -> Result<Vec<T>, ShopError> {
+        let mut found = Vec::new();
+        for (key, _) in self.scan(view, prefix).await? {
+            let id = key.rsplit(':').next().unwrap_or_default();
+            if let Some(document) = self.document::<T>(view, &key_of(id)).await? {
+                found.push(document);
             }
         }
-        Ok(carts)
+        Ok(found)
     }
 
     /// The customer's order (`NotFound` if it is another customer's).
@@ -1087,23 +1090,9 @@ impl Nursery {
 
     /// The customer's orders.
     pub async fn orders(&self, customer: &CustomerId) -> Result<Vec<OrderView>, ShopError> {
-        let mut orders = Vec::new();
-        for (key, _) in self
-            .scan(
-                View::Orders,
-                &OrdersProjection::owner_prefix(customer.as_str()),
-            )
-            .await?
-        {
-            let order = key.rsplit(':').next().unwrap_or_default();
-            if let Some(view) = self
-                .document::<OrderView>(View::Orders, &OrdersProjection::key(order))
-                .await?
-            {
-                orders.push(view);
-            }
-        }
-        Ok(orders)
+        let prefix = OrdersProjection::owner_prefix(customer.as_str());
+        self.owned(View::Orders, &prefix, OrdersProjection::key)
+            .await
     }
 
     /// The customer's notifications, newest first.

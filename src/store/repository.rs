@@ -4,7 +4,7 @@
 //!
 //! Must not touch: actors (the aggregate actor drives a repository), projections, HTTP.
 
-use std::collections::VecDeque;
+use crate::store::RecordedEvent;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -121,31 +121,7 @@ impl<A: Aggregate> Repository<A> {
     #[instrument(skip(self), fields(aggregate = A::TYPE), err)]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
-        let (state, version) = match self.store.latest_snapshot(&stream).await? {
-            Some(snapshot) if snapshot.revision == A::SNAPSHOT_REVISION => {
-                match self.codec.decode_state::<A>(
-                    &stream,
-                    snapshot.sequence,
-                    snapshot.format,
-                    &snapshot.payload,
-                ) {
-                    Ok(state) => (state, snapshot.sequence),
-                    Err(error) => {
-                        warn!(%error, "ignoring a snapshot that does not decode");
-                        (A::default(), 0)
-                    }
-                }
-            }
-            Some(snapshot) => {
-                warn!(
-                    revision = snapshot.revision,
-                    current = A::SNAPSHOT_REVISION,
-                    "ignoring a snapshot of another revision"
-                );
-                (A::default(), 0)
-            }
-            None => (A::default(), 0),
-        };
+        let (state, version) = self.usable_snapshot(&stream).await?.unwrap_or_default();
         self.fold(
             &stream,
             Loaded {
@@ -158,28 +134,59 @@ impl<A: Aggregate> Repository<A> {
         .await
     }
 
+    /// The latest snapshot of `stream` as a state and its version, if there is one of the
+    /// current revision that decodes (others are ignored with a warning).
+    async fn usable_snapshot(&self, stream: &StreamId) -> Result<Option<(A, u64)>, StoreError> {
+        let Some(snapshot) = self.store.latest_snapshot(stream).await? else {
+            return Ok(None);
+        };
+        if snapshot.revision != A::SNAPSHOT_REVISION {
+            warn!(
+                revision = snapshot.revision,
+                current = A::SNAPSHOT_REVISION,
+                "ignoring a snapshot of another revision"
+            );
+            return Ok(None);
+        }
+        match self.codec.decode_state::<A>(
+            stream,
+            snapshot.sequence,
+            snapshot.format,
+            &snapshot.payload,
+        ) {
+            Ok(state) => Ok(Some((state, snapshot.sequence))),
+            Err(error) => {
+                warn!(%error, "ignoring a snapshot that does not decode");
+                Ok(None)
+            }
+        }
+    }
+
     /// Brings `loaded` up to date: folds the events of aggregate `id` stored after
     /// `loaded.version` (another process wrote them, or a part of a group that failed). This
-    /// is what an actor does after a concurrency conflict: it reads only what it missed. When
-    /// it missed more than a snapshot interval and a newer snapshot exists, it starts from that
-    /// snapshot instead.
+    /// is what an actor does after a concurrency conflict: it reads only what it missed, in one
+    /// query of at most a snapshot interval. When it missed a whole interval or more and a
+    /// newer snapshot exists, it starts from that snapshot instead.
     #[instrument(skip(self, loaded), fields(aggregate = A::TYPE, from = loaded.version + 1), err)]
     pub async fn catch_up(&self, id: &str, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
         let mut loaded = loaded;
         if self.policy.every > 0 {
-            if let Some(snapshot) = self.store.latest_snapshot(&stream).await? {
-                let far = snapshot.sequence >= loaded.version.saturating_add(self.policy.every);
-                if far && snapshot.revision == A::SNAPSHOT_REVISION {
-                    if let Ok(state) = self.codec.decode_state::<A>(
-                        &stream,
-                        snapshot.sequence,
-                        snapshot.format,
-                        &snapshot.payload,
-                    ) {
-                        loaded.state = state;
-                        loaded.version = snapshot.sequence;
-                    }
+            let interval = usize::try_from(self.policy.every).unwrap_or(usize::MAX);
+            let missed = self
+                .store
+                .read_stream(&stream, loaded.version + 1, u64::MAX, interval)
+                .await?;
+            if missed.len() < interval {
+                for record in &missed {
+                    self.fold_record(&stream, &mut loaded, record)?;
+                }
+                return Ok(loaded);
+            }
+            if let Some((state, version)) = self.usable_snapshot(&stream).await? {
+                if version > loaded.version {
+                    loaded.state = state;
+                    loaded.version = version;
                 }
             }
         }
@@ -188,41 +195,41 @@ impl<A: Aggregate> Repository<A> {
 
     /// Folds the events after `loaded.version`, a page at a time.
     async fn fold(&self, stream: &StreamId, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
-        let Loaded {
-            mut state,
-            mut version,
-            mut replayed,
-            recent_commands,
-        } = loaded;
-        let mut recent: VecDeque<Uuid> = recent_commands.into();
-        let mut events = stream_events(self.store.as_ref(), stream, version + 1);
+        let mut loaded = loaded;
+        let mut events = stream_events(self.store.as_ref(), stream, loaded.version + 1);
         while let Some(record) = events.next().await {
-            let record = record?;
-            let event = self.codec.decode_event::<A::Event>(&record)?;
-            // A panic in `apply` while loading becomes an error, so the actor's supervisor
-            // restarts it with backoff instead of the task vanishing.
-            if catch_unwind(AssertUnwindSafe(|| state.apply(&event))).is_err() {
-                return Err(StoreError::Corrupt {
-                    stream: stream.clone(),
-                    sequence: record.sequence,
-                    reason: "applying the event panicked".into(),
-                });
-            }
-            if let Some(id) = record.metadata.command_id.filter(|id| !recent.contains(id)) {
-                if recent.len() == RECENT_COMMANDS {
-                    recent.pop_front();
-                }
-                recent.push_back(id);
-            }
-            version = record.sequence;
-            replayed += 1;
+            self.fold_record(stream, &mut loaded, &record?)?;
         }
-        Ok(Loaded {
-            state,
-            version,
-            replayed,
-            recent_commands: recent.into(),
-        })
+        Ok(loaded)
+    }
+
+    /// Folds one stored event into `loaded`: its state, version, count and recent command ids.
+    fn fold_record(
+        &self,
+        stream: &StreamId,
+        loaded: &mut Loaded<A>,
+        record: &RecordedEvent,
+    ) -> Result<(), StoreError> {
+        let event = self.codec.decode_event::<A::Event>(record)?;
+        // A panic in `apply` while loading becomes an error, so the actor's supervisor
+        // restarts it with backoff instead of the task vanishing.
+        if catch_unwind(AssertUnwindSafe(|| loaded.state.apply(&event))).is_err() {
+            return Err(StoreError::Corrupt {
+                stream: stream.clone(),
+                sequence: record.sequence,
+                reason: "applying the event panicked".into(),
+            });
+        }
+        let recent = &mut loaded.recent_commands;
+        if let Some(id) = record.metadata.command_id.filter(|id| !recent.contains(id)) {
+            if recent.len() == RECENT_COMMANDS {
+                recent.remove(0);
+            }
+            recent.push(id);
+        }
+        loaded.version = record.sequence;
+        loaded.replayed += 1;
+        Ok(())
     }
 
     /// Encodes `events` as one append to aggregate `id` at `expected` version. With a command
