@@ -1,6 +1,6 @@
 //! An event store that misbehaves on request, for supervision and recovery tests.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -12,7 +12,8 @@ use crate::store::{
 
 /// Wraps a store; the next N appends can fail (the database is down), be rejected (each request
 /// refused), or meet interference (another writer appends to each stream first: a real
-/// concurrency conflict).
+/// concurrency conflict); or every append can fail once an event of a given type is stored (the
+/// process died right after that commit).
 pub struct FaultyStore {
     inner: Arc<dyn EventStore>,
     fail: AtomicUsize,
@@ -20,6 +21,8 @@ pub struct FaultyStore {
     interfere: AtomicUsize,
     interference: Mutex<Option<Interference>>,
     appends: AtomicU64,
+    dies_after: Mutex<Option<String>>,
+    dead: AtomicBool,
 }
 
 type Interference = Arc<dyn Fn() -> NewEvent + Send + Sync>;
@@ -34,6 +37,8 @@ impl FaultyStore {
             interfere: AtomicUsize::new(0),
             interference: Mutex::new(None),
             appends: AtomicU64::new(0),
+            dies_after: Mutex::new(None),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -58,6 +63,17 @@ impl FaultyStore {
         self.interfere.store(n, Ordering::SeqCst);
     }
 
+    /// Once an append carrying an event of type `event_type` is stored, every later append
+    /// fails: the process died right after that commit.
+    pub fn die_after(&self, event_type: &str) {
+        *self.dies_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(event_type.to_owned());
+    }
+
+    /// Whether the event [`FaultyStore::die_after`] waits for was stored.
+    pub fn died(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
     /// How many append transactions reached this store.
     pub fn append_calls(&self) -> u64 {
         self.appends.load(Ordering::SeqCst)
@@ -79,7 +95,7 @@ fn take(counter: &AtomicUsize) -> bool {
 impl EventStore for FaultyStore {
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         self.appends.fetch_add(1, Ordering::SeqCst);
-        if take(&self.fail) {
+        if self.died() || take(&self.fail) {
             return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
         }
         if take(&self.reject) {
@@ -106,7 +122,22 @@ impl EventStore for FaultyStore {
                     .await?;
             }
         }
-        self.inner.append_batch(batch).await
+        let results = self.inner.append_batch(batch).await?;
+        let trigger = self
+            .dies_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(trigger) = trigger {
+            if batch
+                .iter()
+                .flat_map(|r| &r.events)
+                .any(|e| e.event_type == trigger)
+            {
+                self.dead.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(results)
     }
 
     async fn read_stream(

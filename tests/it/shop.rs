@@ -6,10 +6,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use nursery::clock::{Clock, ManualClock};
 use nursery::domain::Aggregate;
@@ -21,10 +19,8 @@ use nursery::projections::ReadStore;
 use nursery::projections::SagaConfig;
 use nursery::projections::shop::MemoryNotifier;
 use nursery::shop::{Nursery, ShopError, ShopOptions, SimulatedProvider, View, open_stores};
-use nursery::store::{
-    AppendRequest, AppendResult, Codec, EventStore, RecordedEvent, Snapshot, StoreError, StreamId,
-    stream_all,
-};
+use nursery::store::{Codec, EventStore, RecordedEvent, stream_all};
+use nursery::testkit::FaultyStore;
 use tempfile::TempDir;
 
 use crate::support::FreshPg;
@@ -505,74 +501,16 @@ on_backends!(
     [Memory, Sqlite]
 );
 
-/// Passes appends through until one carrying `trigger` is stored; from then on every append
-/// fails, as if the process died right after that commit.
-struct DiesAfter {
-    inner: Arc<dyn EventStore>,
-    trigger: &'static str,
-    dead: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl EventStore for DiesAfter {
-    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
-        if self.dead.load(Ordering::SeqCst) {
-            return Err(StoreError::Internal("the process is dead".into()));
-        }
-        let results = self.inner.append_batch(batch).await?;
-        if batch
-            .iter()
-            .flat_map(|r| &r.events)
-            .any(|e| e.event_type == self.trigger)
-        {
-            self.dead.store(true, Ordering::SeqCst);
-        }
-        Ok(results)
-    }
-    async fn read_stream(
-        &self,
-        stream: &StreamId,
-        from: u64,
-        to: u64,
-        max: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_stream(stream, from, to, max).await
-    }
-    async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_all(from, max).await
-    }
-    async fn head(&self) -> Result<u64, StoreError> {
-        self.inner.head().await
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        self.inner.stream_version(stream).await
-    }
-    async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
-        self.inner.save_snapshot(snapshot, keep).await
-    }
-    async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.latest_snapshot(stream).await
-    }
-    async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {
-        self.inner.snapshot_count(stream).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-}
-
 fn a_process_killed_after_the_payment_failed_compensates_exactly_once_after_restart(db: Db) {
     let world = World::new(db);
     let alice = customer("alice");
     let order = process(async {
         let (events, read) = world.stores().await;
-        let dead = Arc::new(AtomicBool::new(false));
-        let dying = Arc::new(DiesAfter {
-            inner: events,
-            trigger: "PaymentFailed",
-            dead: Arc::clone(&dead),
-        });
-        let shop = world.start_on(dying, read).await;
+        let dying = Arc::new(FaultyStore::new(events));
+        dying.die_after("PaymentFailed");
+        let shop = world
+            .start_on(Arc::clone(&dying) as Arc<dyn EventStore>, read)
+            .await;
         let cart = cart_with(&shop, &alice, &[("nephrolepis", 4)]).await;
         let order = shop
             .checkout(&alice, &cart, address(), &card(DECLINED), None)
@@ -580,7 +518,7 @@ fn a_process_killed_after_the_payment_failed_compensates_exactly_once_after_rest
             .unwrap()
             .order_id;
         eventually!("PaymentFailed to be stored", {
-            Some(()).filter(|()| dead.load(Ordering::SeqCst))
+            Some(()).filter(|()| dying.died())
         });
         tokio::time::sleep(Duration::from_millis(100)).await; // let the saga try, and fail
         order
