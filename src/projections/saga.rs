@@ -398,12 +398,15 @@ impl<S: Saga> Manager<S> {
         if fresh.len() > 1 && !blocked {
             let mut docs = Docs::new(&self.name, self.generation);
             let mut outbox = false;
-            let mut handled = self.prefetch(&fresh, &mut docs).await.is_ok();
-            for event in &fresh {
+            // Each event decoded and routed once, for the prefetch and for its handling.
+            let routed: Vec<Option<(S::Event, Routing)>> =
+                fresh.iter().map(|event| self.route(event)).collect();
+            let mut handled = self.prefetch(&routed, &mut docs).await.is_ok();
+            for (event, route) in fresh.iter().zip(routed) {
                 if !handled {
                     break;
                 }
-                match self.handle_into(event, &mut docs).await {
+                match self.handle_routed(event, route, &mut docs).await {
                     Ok(sent) => outbox |= sent,
                     Err(_) => handled = false,
                 }
@@ -434,14 +437,14 @@ impl<S: Saga> Manager<S> {
     /// its events, then the instances they name.
     async fn prefetch(
         &self,
-        events: &[&RecordedEvent],
+        routed: &[Option<(S::Event, Routing)>],
         docs: &mut Docs,
     ) -> Result<(), HandleError> {
-        let mut associations: Vec<String> = events
+        let mut associations: Vec<String> = routed
             .iter()
-            .filter_map(|event| (self.decode)(event).as_ref().and_then(S::routing))
-            .map(|routing| match routing {
-                Routing::Start(a) | Routing::To(a) => association_key(&a),
+            .flatten()
+            .map(|(_, routing)| match routing {
+                Routing::Start(a) | Routing::To(a) => association_key(a),
             })
             .collect();
         associations.sort_unstable();
@@ -627,9 +630,24 @@ impl<S: Saga> Manager<S> {
         event: &RecordedEvent,
         docs: &mut Docs,
     ) -> Result<bool, HandleError> {
-        let decoded = (self.decode)(event);
-        let routing = decoded.as_ref().and_then(S::routing);
-        let (Some(decoded), Some(routing)) = (decoded, routing) else {
+        self.handle_routed(event, self.route(event), docs).await
+    }
+
+    /// The event decoded for this saga and where it goes (`None`: not for this saga).
+    fn route(&self, event: &RecordedEvent) -> Option<(S::Event, Routing)> {
+        let decoded = (self.decode)(event)?;
+        let routing = S::routing(&decoded)?;
+        Some((decoded, routing))
+    }
+
+    /// [`Self::handle_into`] for an event already decoded and routed.
+    async fn handle_routed(
+        &self,
+        event: &RecordedEvent,
+        route: Option<(S::Event, Routing)>,
+        docs: &mut Docs,
+    ) -> Result<bool, HandleError> {
+        let Some((decoded, routing)) = route else {
             // Not for this saga: only the checkpoint moves.
             return Ok(false);
         };
