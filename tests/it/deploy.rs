@@ -55,6 +55,10 @@ fn launch(role: &str, url: &str, broker: &str) -> Process {
         .env("NURSERY_ADMIN_TOKEN", ADMIN)
         .env("NURSERY_RATE_LIMIT", "0")
         .env("NURSERY_SHUTDOWN_SECONDS", "2")
+        // An add whose answer was lost (a timeout, a cart that kept conflicting) may leave a
+        // hold without its line: the reservation keeper releases it once the cart has been
+        // idle this long, which the test must be able to wait for.
+        .env("NURSERY_HOLD_SECONDS", "4")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
