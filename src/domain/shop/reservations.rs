@@ -213,6 +213,12 @@ impl Saga for ReservationKeeper {
                     self.end_if_done()
                 }
                 ProductEvent::StockSold(e) => {
+                    // Sold units leave the cart as well as the hold: what the hold keeps beyond
+                    // the rest of the line (a release that was lost) is then a stray the sweep
+                    // gives back.
+                    if let Some(kept) = self.holds.get_mut(&e.hold) {
+                        kept.in_cart = kept.in_cart.saturating_sub(e.quantity);
+                    }
                     self.take(&e.hold, e.quantity);
                     self.end_if_done()
                 }
@@ -452,5 +458,46 @@ mod tests {
             .when_time_elapses(600)
             .expect_commands([release("h9", 0)])
             .expect_ended();
+    }
+
+    #[test]
+    fn a_hold_larger_than_its_sold_line_gives_back_the_rest() {
+        use crate::domain::shop::cart::{CartCheckedOut, OrderLine};
+        use crate::domain::shop::product::StockSold;
+        use crate::domain::shop::values::{Address, PaymentMethod};
+        // Two held, the line says one (the release after a removal was lost), one sold.
+        SagaFixture::<ReservationKeeper>::new()
+            .given([
+                created(),
+                reserved("h1", 2),
+                added("h1", 1),
+                cart(CartCheckedOut {
+                    order: id("o1"),
+                    customer: id("alice"),
+                    lines: vec![OrderLine {
+                        product: id("monstera"),
+                        name: "Monstera".into(),
+                        quantity: 1,
+                        unit_price: Money::from_cents(1000),
+                        holds: vec![(id("h1"), 1)],
+                    }],
+                    total: Money::from_cents(1000),
+                    address: Address::parse("Ada", "1 Leaf Lane", "Kew", "TW9", "UK")
+                        .unwrap_or_else(|_| unreachable!()),
+                    payment: PaymentMethod {
+                        token: "tok".into(),
+                        last4: "4242".into(),
+                    },
+                    payment_timeout_seconds: 900,
+                }),
+                product(StockSold {
+                    hold: id("h1"),
+                    cart: id("c1"),
+                    order: id("o1"),
+                    quantity: 1,
+                }),
+            ])
+            .when_time_elapses(600)
+            .expect_commands([release("h1", 0)]);
     }
 }
