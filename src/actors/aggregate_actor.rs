@@ -9,7 +9,7 @@
 //! decides every queued command in order against a working copy of the state (each sees the
 //! events of those before it), sends all their events to the journal as one group, and waits
 //! for it (`ctx.wait`) so no decision is made while an append is in flight. A rejected command
-//! costs nothing and does not spoil the others. Each command is its own request in the group,
+//! writes nothing and does not spoil the others. Each command is its own request in the group,
 //! its expected version chained after the one before, so the store answers each on its own.
 //!
 //! # Failure
@@ -21,6 +21,10 @@
 //! - A concurrency conflict (another process wrote the stream) catches up (folds only the
 //!   events stored since the actor's version) and decides the conflicting commands again, up
 //!   to `max_conflict_retries`, then answers `Conflict`.
+//! - A group that writes nothing (every command refused or a no-op) has no append to check
+//!   its state against the store, so the actor reads the stream's stored version before it
+//!   answers; when another process moved it, the actor catches up and decides again, as after
+//!   a conflict. A refusal costs that one indexed read.
 //!
 //! Must not touch: HTTP, projections, any concrete aggregate.
 
@@ -307,33 +311,51 @@ impl<A: Aggregate> AggregateActor<A> {
             }
         }
         if requests.is_empty() {
-            // Nothing to write: the state every decision saw is the durable one.
-            for decision in decided {
-                match decision {
-                    Decision::Nothing { pending, version } => {
-                        let outcome = CommandOutcome {
-                            command_id: command_id(&pending.metadata),
-                            version,
-                            events: 0,
-                            position: None,
-                            duplicate: false,
-                        };
-                        finish::<A>(pending, Ok(outcome));
-                    }
-                    Decision::Rejected { pending, rejection } => {
-                        finish::<A>(pending, Err(CommandError::Rejected(rejection)))
-                    }
-                    Decision::Write { pending, .. } => finish::<A>(
-                        pending,
-                        Err(StoreError::Internal("a write without a request".into()).into()),
-                    ),
-                }
-            }
+            self.answer_unwritten(decided, ctx);
             return;
         }
         let append = self.settings.journal.send(Append(requests));
         ctx.wait(append.into_actor(self).map(move |answer, actor, ctx| {
             actor.persisted(answer, decided, working, version, ctx);
+        }));
+    }
+
+    /// Answers a group that wrote nothing (every command a no-op or refused). No append checked
+    /// the state those answers rest on, and another process may have written the stream since
+    /// this actor last read it: a refusal or a no-op decided on a stale state would be wrong
+    /// (a release that finds no hold, a sale refused for a hold it has not seen). So the
+    /// stream's stored version is read first; when it moved, the actor catches up and decides
+    /// the commands again, as after a conflict.
+    fn answer_unwritten(&mut self, decided: Vec<Decision<A>>, ctx: &mut Context<Self>) {
+        let repository = self.settings.repository.clone();
+        let stream = Repository::<A>::stream(&self.id);
+        let check = async move { repository.store().stream_version(&stream).await };
+        ctx.wait(check.into_actor(self).map(move |stored, actor, ctx| {
+            match stored {
+                Ok(stored) if stored > actor.version => {
+                    for decision in decided {
+                        actor.retry_later(decision.into_pending());
+                    }
+                    actor.catch_up(ctx);
+                }
+                Ok(_) => {
+                    for decision in decided {
+                        answer_unwritten::<A>(decision);
+                    }
+                    ctx.notify(Flush);
+                }
+                Err(error) => {
+                    warn!(aggregate = A::TYPE, id = %actor.id, %error, "checking the stream's version failed");
+                    let error = Arc::new(error);
+                    for decision in decided {
+                        finish::<A>(
+                            decision.into_pending(),
+                            Err(CommandError::Store(Arc::clone(&error))),
+                        );
+                    }
+                    ctx.notify(Flush);
+                }
+            }
         }));
     }
 
@@ -506,6 +528,29 @@ impl<A: Aggregate> AggregateActor<A> {
             self.recent.pop_front();
         }
         self.recent.push_back(command_id);
+    }
+}
+
+/// Answers the decision of a command that wrote nothing, on a state known to be current.
+fn answer_unwritten<A: Aggregate>(decision: Decision<A>) {
+    match decision {
+        Decision::Nothing { pending, version } => {
+            let outcome = CommandOutcome {
+                command_id: command_id(&pending.metadata),
+                version,
+                events: 0,
+                position: None,
+                duplicate: false,
+            };
+            finish::<A>(pending, Ok(outcome));
+        }
+        Decision::Rejected { pending, rejection } => {
+            finish::<A>(pending, Err(CommandError::Rejected(rejection)))
+        }
+        Decision::Write { pending, .. } => finish::<A>(
+            pending,
+            Err(StoreError::Internal("a write without a request".into()).into()),
+        ),
     }
 }
 

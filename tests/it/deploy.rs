@@ -338,6 +338,9 @@ fn two_command_processes_a_query_process_and_a_failing_over_events_process_stay_
             if reserved == in_open_carts {
                 break (records, stock);
             }
+            if Instant::now() >= deadline {
+                dump_holds(&url, &records, &stock, &codec).await;
+            }
             assert!(Instant::now() < deadline, "holds never settled: {reserved} held, {in_open_carts} in open carts");
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
@@ -457,4 +460,77 @@ async fn a_process_that_lost_the_lead_can_no_longer_commit() {
     );
     read.fenced(&second).commit(commit(2)).await.unwrap();
     assert_eq!(read.checkpoint("catalog", 1).await.unwrap(), 2);
+}
+
+/// Prints, for every hold a product still keeps, the events of its cart and of the hold, and
+/// the reservation keeper's documents and dead letters: what a failed settle needs to be read.
+async fn dump_holds(
+    url: &str,
+    records: &[RecordedEvent],
+    stock: &BTreeMap<String, Product>,
+    codec: &Codec,
+) {
+    use sqlx::{Connection, Row};
+    for (product, state) in stock {
+        for (hold, held) in &state.holds {
+            let cart = held
+                .cart
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default();
+            eprintln!(
+                "== hold {hold} of {product}: {} units for cart {cart}",
+                held.quantity
+            );
+            for record in records {
+                let line = if record.stream.aggregate_type == Cart::TYPE
+                    && record.stream.aggregate_id == cart
+                {
+                    let event: CartEvent = codec.decode_event(record).unwrap();
+                    format!("{event:?}")
+                } else if record.stream.aggregate_type == Product::TYPE {
+                    let event: ProductEvent = codec.decode_event(record).unwrap();
+                    let text = format!("{event:?}");
+                    if !text.contains(hold.as_str()) {
+                        continue;
+                    }
+                    format!("{} {text}", record.stream.aggregate_id)
+                } else {
+                    continue;
+                };
+                eprintln!(
+                    "  @{} cmd={:?} {line}",
+                    record.position, record.metadata.command_id
+                );
+            }
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            let rows = sqlx::query("SELECT projection, generation, key, body::text AS body FROM documents WHERE projection LIKE '%Reservation%' AND body::text LIKE $1")
+                .bind(format!("%{cart}%"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            for row in rows {
+                eprintln!(
+                    "  doc {} {} {}: {}",
+                    row.get::<String, _>("projection"),
+                    row.get::<i32, _>("generation"),
+                    row.get::<String, _>("key"),
+                    row.get::<String, _>("body")
+                );
+            }
+            let rows = sqlx::query("SELECT processor, position, error, parked FROM dead_letters")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            for row in rows {
+                eprintln!(
+                    "  dead letter {} @{}: {} parked={}",
+                    row.get::<String, _>("processor"),
+                    row.get::<i64, _>("position"),
+                    row.get::<String, _>("error"),
+                    row.get::<bool, _>("parked")
+                );
+            }
+        }
+    }
 }

@@ -418,6 +418,63 @@ async fn two_processes_on_one_hot_aggregate_lose_nothing() {
     );
 }
 
+/// A refusal writes nothing, so no append checks the state it rests on. With another process
+/// writing the same stream, the actor's state may be stale: before answering a group that wrote
+/// nothing, the actor reads the stream's stored version, and when it moved, catches up and
+/// decides again. (In the split deployment, a release decided on a product state that had not
+/// seen the hold answered "nothing to release", and the stock stayed held for good.)
+#[actix_rt::test]
+async fn a_refusal_is_not_decided_on_a_state_another_process_moved_past() {
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let one = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
+        .await
+        .unwrap();
+    let two = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
+        .await
+        .unwrap();
+    // The second process's actor is live with the empty pot: watering it is refused.
+    let refused = two
+        .gateway()
+        .send_and_wait::<Pot>("p", water(1), Metadata::default())
+        .await;
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(PotError::Empty))),
+        "{refused:?}"
+    );
+    // The first process plants it; the second one's actor has not seen that.
+    one.gateway()
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    let stale = two
+        .gateway()
+        .inspect::<Pot, _>("p", |pot, version| (pot.species.clone(), version))
+        .await
+        .unwrap();
+    assert_eq!(
+        stale,
+        (None, 0),
+        "the second actor is stale, or the test proves nothing"
+    );
+    let watered = two
+        .gateway()
+        .send_and_wait::<Pot>("p", water(5), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(watered.version, 2, "decided again on the planted pot");
+    // And a refusal on a current state is still a refusal, after the same check.
+    let again = one
+        .gateway()
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await;
+    assert!(
+        matches!(again, Err(CommandError::Rejected(PotError::AlreadyPlanted))),
+        "{again:?}"
+    );
+    let registry = two.gateway().registry::<Pot>().unwrap();
+    assert_eq!(registry.counters().caught_up.load(Ordering::SeqCst), 1);
+}
+
 /// An actor far behind (another process wrote more than a snapshot interval since) catches up
 /// from the newest snapshot, not by folding every event it missed.
 #[actix_rt::test]
