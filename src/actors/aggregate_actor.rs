@@ -642,13 +642,46 @@ pub type StateReader<A> = Box<dyn FnOnce(&A, u64) + Send>;
 pub struct Inspect<A: Aggregate> {
     /// Gets the state and the version.
     pub read: StateReader<A>,
+    /// Whether to catch up first on what other processes wrote to the stream.
+    pub current: bool,
 }
 
 impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
     type Result = ();
 
-    fn handle(&mut self, inspect: Inspect<A>, _: &mut Context<Self>) {
-        (inspect.read)(&self.state, self.version);
+    fn handle(&mut self, inspect: Inspect<A>, ctx: &mut Context<Self>) {
+        if !inspect.current {
+            (inspect.read)(&self.state, self.version);
+            return;
+        }
+        // The mailbox waits while the stored version is read (and, if it moved, the missed
+        // events folded), so no command is decided on the state in between.
+        let repository = self.settings.repository.clone();
+        let id = Arc::clone(&self.id);
+        let loaded = Loaded {
+            state: std::mem::take(&mut self.state),
+            version: self.version,
+            replayed: 0,
+            recent_commands: self.recent.drain(..).collect(),
+        };
+        let check = async move {
+            let stored = repository
+                .store()
+                .stream_version(&Repository::<A>::stream(&id))
+                .await?;
+            if stored > loaded.version {
+                repository.catch_up(&id, loaded).await
+            } else {
+                Ok(loaded)
+            }
+        };
+        ctx.wait(check.into_actor(self).map(move |current, actor, ctx| {
+            // On a store error the actor restarts and the read is dropped: the caller hears
+            // that the actor stopped without answering.
+            if actor.resume(current, "checked before a read", ctx) {
+                (inspect.read)(&actor.state, actor.version);
+            }
+        }));
     }
 }
 

@@ -240,10 +240,34 @@ impl CommandGateway {
     /// needed): `read` gets the state as of the last durable decision and its version. For
     /// what a command needs to know beforehand (a product's price); queries belong to read
     /// models.
+    ///
+    /// The actor's state is current as far as this process knows. When other processes write
+    /// the same aggregates, it may be behind the store: use [`Self::inspect_current`] where a
+    /// read decides something on its own (a refusal, say).
     pub async fn inspect<A: Aggregate, R: Send + 'static>(
         &self,
         id: &str,
         read: impl FnOnce(&A, u64) -> R + Send + 'static,
+    ) -> Result<R, CommandError<A::Error>> {
+        self.read_through::<A, R>(id, read, false).await
+    }
+
+    /// As [`Self::inspect`], but the actor first reads the stream's stored version and, when
+    /// another process wrote since, catches up: `read` sees the state as the store has it now.
+    /// One indexed read more than `inspect`.
+    pub async fn inspect_current<A: Aggregate, R: Send + 'static>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&A, u64) -> R + Send + 'static,
+    ) -> Result<R, CommandError<A::Error>> {
+        self.read_through::<A, R>(id, read, true).await
+    }
+
+    async fn read_through<A: Aggregate, R: Send + 'static>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&A, u64) -> R + Send + 'static,
+        current: bool,
     ) -> Result<R, CommandError<A::Error>> {
         let registry = self.registry::<A>()?;
         let (reply, answer) = oneshot::channel();
@@ -251,6 +275,7 @@ impl CommandGateway {
             read: Box::new(move |state, version| {
                 let _ = reply.send(read(state, version));
             }),
+            current,
         };
         for _ in 0..3 {
             let live = registry.get(id);

@@ -704,25 +704,39 @@ impl Nursery {
         let _guard = self.enter()?;
         let gateway = &self.inner.gateway;
         let command_id = command_id.unwrap_or_else(Uuid::new_v4);
-        // The cart first, so a wrong cart holds no stock even for a moment.
+        let failed = |e| ShopError::from_command(e, ShopError::from);
+        // The cart first, so a wrong cart holds no stock even for a moment. A refusal is read
+        // again on the cart as stored: another command process may have changed it.
         let (who, what) = (customer.clone(), product.clone());
-        gateway
-            .inspect::<Cart, _>(cart.as_str(), move |c, _| {
-                c.check_open_for(&who)
-                    .and_then(|()| c.check_room(&what, quantity))
-            })
+        let room = move |c: &Cart, _| {
+            c.check_open_for(&who)
+                .and_then(|()| c.check_room(&what, quantity))
+        };
+        let mut verdict = gateway
+            .inspect::<Cart, _>(cart.as_str(), room.clone())
             .await
-            .map_err(|e| ShopError::from_command(e, ShopError::from))?
-            .map_err(ShopError::from)?;
+            .map_err(failed)?;
+        if verdict.is_err() {
+            verdict = gateway
+                .inspect_current::<Cart, _>(cart.as_str(), room)
+                .await
+                .map_err(failed)?;
+        }
+        verdict.map_err(ShopError::from)?;
         // The product's name and price, before anything is held (a product that does not exist
-        // holds nothing).
-        let (name, unit_price) = gateway
-            .inspect::<Product, _>(product.as_str(), |p, _| {
-                p.exists.then(|| (p.name.clone(), p.price))
-            })
+        // holds nothing; one created by another process is looked for in the store).
+        let listing = |p: &Product, _| p.exists.then(|| (p.name.clone(), p.price));
+        let mut found = gateway
+            .inspect::<Product, _>(product.as_str(), listing)
             .await
-            .map_err(|e| ShopError::from_command(e, ShopError::from))?
-            .ok_or(ShopError::UnknownProduct)?;
+            .map_err(|e| ShopError::from_command(e, ShopError::from))?;
+        if found.is_none() {
+            found = gateway
+                .inspect_current::<Product, _>(product.as_str(), listing)
+                .await
+                .map_err(|e| ShopError::from_command(e, ShopError::from))?;
+        }
+        let (name, unit_price) = found.ok_or(ShopError::UnknownProduct)?;
         let hold = HoldId::parse(format!("h-{}", derived(command_id, "hold").simple()))?;
         let reserve = ProductCommand::Reserve {
             hold: hold.clone(),

@@ -475,6 +475,56 @@ async fn a_refusal_is_not_decided_on_a_state_another_process_moved_past() {
     assert_eq!(registry.counters().caught_up.load(Ordering::SeqCst), 1);
 }
 
+/// `inspect` reads the actor's state as this process knows it; `inspect_current` catches up on
+/// what another process wrote first.
+#[actix_rt::test]
+async fn inspect_current_sees_what_another_process_wrote() {
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let one = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
+        .await
+        .unwrap();
+    let two = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
+        .await
+        .unwrap();
+    let read = |pot: &Pot, version| (pot.species.clone(), pot.water, version);
+    assert_eq!(
+        two.gateway().inspect::<Pot, _>("p", read).await.unwrap(),
+        (None, 0, 0)
+    );
+    one.gateway()
+        .send_and_wait::<Pot>("p", plant(), Metadata::default())
+        .await
+        .unwrap();
+    one.gateway()
+        .send_and_wait::<Pot>("p", water(3), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        two.gateway().inspect::<Pot, _>("p", read).await.unwrap(),
+        (None, 0, 0),
+        "the plain read is this process's view"
+    );
+    let fern = Some("fern".to_owned());
+    assert_eq!(
+        two.gateway()
+            .inspect_current::<Pot, _>("p", read)
+            .await
+            .unwrap(),
+        (fern.clone(), 3, 2)
+    );
+    // The actor kept what it caught up on: a command decides on it with no conflict.
+    let watered = two
+        .gateway()
+        .send_and_wait::<Pot>("p", water(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(watered.version, 3);
+    assert_eq!(
+        two.gateway().inspect::<Pot, _>("p", read).await.unwrap(),
+        (fern, 4, 3)
+    );
+}
+
 /// An actor far behind (another process wrote more than a snapshot interval since) catches up
 /// from the newest snapshot, not by folding every event it missed.
 #[actix_rt::test]
