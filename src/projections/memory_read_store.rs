@@ -44,6 +44,10 @@ impl ReadStore for MemoryReadStore {
         Ok(*self.lock().active.entry(name.to_owned()).or_insert(1))
     }
 
+    async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self.lock().active.get(name).copied())
+    }
+
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
         Ok(self
             .lock()

@@ -105,6 +105,10 @@ pub trait ReadStore: Send + Sync + 'static {
     /// The generation of `name` that serves, registering `name` at generation 1 if new.
     async fn active_generation(&self, name: &str) -> Result<u32, StoreError>;
 
+    /// The generation of `name` that serves, without registering it (`None`: not registered
+    /// yet). For processes that follow a processor another process runs, and must not write.
+    async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError>;
+
     /// The last position generation `generation` of `name` applied (0: none).
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError>;
 

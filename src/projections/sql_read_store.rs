@@ -142,6 +142,15 @@ impl ReadStore for SqliteReadStore {
         Ok(u32::try_from(generation).unwrap_or(1))
     }
 
+    async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT active_generation FROM processors WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(generation.map(|g| u32::try_from(g).unwrap_or(1)))
+    }
+
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
         let position: Option<i64> = sqlx::query_scalar(
             "SELECT position FROM checkpoints WHERE name = ? AND generation = ?",
@@ -424,6 +433,15 @@ impl ReadStore for PostgresReadStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(u32::try_from(generation).unwrap_or(1))
+    }
+
+    async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        let generation: Option<i32> =
+            sqlx::query_scalar("SELECT active_generation FROM processors WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(generation.map(|g| u32::try_from(g).unwrap_or(1)))
     }
 
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {

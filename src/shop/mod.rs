@@ -1208,11 +1208,13 @@ impl Nursery {
     /// A processor another process runs, as its checkpoint says.
     async fn followed(&self, name: String, head: u64) -> ProcessorStatus {
         let read = &self.inner.read;
-        let checkpoint = match read.active_generation(&name).await {
-            Ok(generation) => read
+        // Read only: the process that runs it registers it.
+        let checkpoint = match read.serving_generation(&name).await {
+            Ok(Some(generation)) => read
                 .checkpoint(&name, generation)
                 .await
                 .map(|position| (generation, position)),
+            Ok(None) => Ok((1, 0)),
             Err(error) => Err(error),
         };
         let (generation, position, last_error) = match checkpoint {

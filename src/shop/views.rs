@@ -63,7 +63,8 @@ impl RemoteView {
                 if tell.is_closed() {
                     return;
                 }
-                if let Ok(generation) = polled.active_generation(&followed).await {
+                // Read only: the events process registers the processor.
+                if let Ok(Some(generation)) = polled.serving_generation(&followed).await {
                     if let Ok(position) = polled.checkpoint(&followed, generation).await {
                         tell.send_if_modified(|s| {
                             let changed = s.position != position || s.generation != generation;

@@ -420,6 +420,20 @@ pub async fn a_skipped_dead_letter_lets_the_waiting_events_through(backend: Read
     );
 }
 
+/// A process that follows a processor another process runs reads its generation without
+/// registering it: looking never writes.
+pub async fn looking_up_a_generation_registers_nothing(backend: ReadBackend) {
+    let read = &backend.read;
+    assert_eq!(read.serving_generation("followed").await.unwrap(), None);
+    assert_eq!(
+        read.serving_generation("followed").await.unwrap(),
+        None,
+        "the look registered it"
+    );
+    assert_eq!(read.active_generation("followed").await.unwrap(), 1);
+    assert_eq!(read.serving_generation("followed").await.unwrap(), Some(1));
+}
+
 macro_rules! projection_suite {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
         mod $backend {
@@ -449,6 +463,7 @@ all_read_backends!(
     read_your_writes_waits_for_the_position,
     a_poison_event_parks_its_aggregate_while_the_others_carry_on,
     a_skipped_dead_letter_lets_the_waiting_events_through,
+    looking_up_a_generation_registers_nothing,
 );
 
 /// On PostgreSQL, with a writer held open (as an append holds it) while the runtime keeps

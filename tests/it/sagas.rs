@@ -622,6 +622,9 @@ impl nursery::projections::ReadStore for LyingReadStore {
     async fn active_generation(&self, name: &str) -> Result<u32, StoreError> {
         self.inner.active_generation(name).await
     }
+    async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        self.inner.serving_generation(name).await
+    }
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
         self.inner.checkpoint(name, generation).await
     }
