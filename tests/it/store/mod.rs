@@ -65,6 +65,108 @@ mod durable {
     }
 }
 
+/// A snapshot is a cache of its events (PostgreSQL commits snapshots without waiting for the
+/// disk, so a crash may lose the newest): losing snapshots, the newest or all of them, loads
+/// the same state from the older snapshot or from the events alone.
+mod lost_snapshots {
+    use std::sync::Arc;
+
+    use nursery::store::{Codec, Metadata, Repository, SnapshotPolicy};
+
+    use nursery::domain::Aggregate;
+
+    use crate::fixtures::{Pot, PotCommand, PotEvent, Watered};
+
+    async fn lost_snapshots_load_the_same_state(
+        backend: crate::support::Backend,
+        run: impl AsyncFn(&str, &str),
+    ) {
+        let policy = SnapshotPolicy { every: 50, keep: 3 };
+        let repository =
+            Repository::<Pot>::new(Arc::clone(&backend.store), Codec::default(), policy);
+        let mut state = Pot::default();
+        let plant = Aggregate::decide(
+            &state,
+            &PotCommand::Plant {
+                species: "fern".into(),
+            },
+        )
+        .unwrap();
+        let mut version = repository
+            .save("p", 0, &plant, &Metadata::default())
+            .await
+            .unwrap()
+            .version;
+        state.apply_all(&plant);
+        for i in 0..30u32 {
+            let events: Vec<PotEvent> = (0..5)
+                .map(|k| {
+                    Watered {
+                        millilitres: i * 5 + k,
+                        source: "can".into(),
+                    }
+                    .into()
+                })
+                .collect();
+            let appended = repository
+                .save("p", version, &events, &Metadata::default())
+                .await
+                .unwrap();
+            state.apply_all(&events);
+            repository
+                .snapshot_if_due("p", &state, version, appended.version)
+                .await;
+            version = appended.version;
+        }
+        assert_eq!(version, 151);
+        let with_all = repository.load("p").await.unwrap();
+        assert_eq!(
+            (with_all.version, with_all.replayed),
+            (151, 0),
+            "loaded from the snapshot at 151"
+        );
+
+        run(
+            &backend.url,
+            "DELETE FROM snapshots WHERE sequence = (SELECT MAX(sequence) FROM snapshots)",
+        )
+        .await;
+        let without_newest = repository.load("p").await.unwrap();
+        assert_eq!(without_newest.state, state);
+        assert_eq!(
+            (without_newest.version, without_newest.replayed),
+            (151, 50),
+            "from the snapshot at 101"
+        );
+
+        run(&backend.url, "DELETE FROM snapshots").await;
+        let from_events = repository.load("p").await.unwrap();
+        assert_eq!(from_events.state, state);
+        assert_eq!((from_events.version, from_events.replayed), (151, 151));
+        assert_eq!(with_all.state, state);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        lost_snapshots_load_the_same_state(crate::support::postgres().await, async |url, sql| {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        lost_snapshots_load_the_same_state(crate::support::sqlite().await, async |url, sql| {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        })
+        .await;
+    }
+}
+
 macro_rules! all_backends {
     ($($scenario:ident),+ $(,)?) => {
         conformance!(memory: $($scenario),+);
