@@ -185,6 +185,77 @@ pub(crate) fn plan<'a>(
 ///
 /// An exact retry has every id stored, in this stream, at consecutive sequences in the order of
 /// the request, starting right after the expected version (for `ExpectedVersion::Any`, anywhere).
+/// A batch shaped for the one-statement path: every request valid and non-empty, event ids
+/// unique in the batch, and each stream's requests chained (each expecting the version the one
+/// before leaves, or all expecting any).
+pub(crate) struct FastBatch<'a> {
+    pub(crate) streams: Vec<&'a StreamId>,
+    /// Per stream: the expected version, -1 for any.
+    pub(crate) bases: Vec<i64>,
+    /// Per event: the 1-based index of its stream.
+    pub(crate) r_stream: Vec<i32>,
+    /// Per event: its offset in its stream's part of the batch.
+    pub(crate) r_offset: Vec<i32>,
+    /// Per request: its stream's index, its offset in the stream's part, its event count.
+    pub(crate) requests: Vec<(usize, u64, usize)>,
+}
+
+impl<'a> FastBatch<'a> {
+    /// The batch's shape, or `None` when it needs full planning.
+    pub(crate) fn prepare(batch: &'a [AppendRequest]) -> Option<Self> {
+        let mut fast = FastBatch {
+            streams: Vec::new(),
+            bases: Vec::new(),
+            r_stream: Vec::new(),
+            r_offset: Vec::new(),
+            requests: Vec::new(),
+        };
+        let mut index: HashMap<&StreamId, (usize, u64)> = HashMap::new();
+        let mut seen = HashSet::new();
+        for request in batch {
+            if request.events.is_empty() || validate(request).is_err() {
+                return None;
+            }
+            if !request.events.iter().all(|e| seen.insert(e.event_id)) {
+                return None;
+            }
+            let (stream, offset) = match index.get(&request.stream).copied() {
+                None => {
+                    fast.streams.push(&request.stream);
+                    fast.bases.push(match request.expected {
+                        ExpectedVersion::Any => -1,
+                        ExpectedVersion::Exact(version) => i64::try_from(version).ok()?,
+                    });
+                    (fast.streams.len() - 1, 0)
+                }
+                Some((stream, offset)) => {
+                    let chained = match (fast.bases[stream], request.expected) {
+                        (-1, ExpectedVersion::Any) => true,
+                        (base, ExpectedVersion::Exact(version)) if base >= 0 => {
+                            u64::try_from(base).ok()? + offset == version
+                        }
+                        _ => false,
+                    };
+                    if !chained {
+                        return None;
+                    }
+                    (stream, offset)
+                }
+            };
+            for k in 0..request.events.len() {
+                fast.r_stream.push(i32::try_from(stream + 1).ok()?);
+                fast.r_offset.push(i32::try_from(offset + k as u64).ok()?);
+            }
+            fast.requests.push((stream, offset, request.events.len()));
+            index.insert(
+                &request.stream,
+                (stream, offset + request.events.len() as u64),
+            );
+        }
+        Some(fast)
+    }
+}
+
 fn retry_answer(request: &AppendRequest, stored: &HashMap<Uuid, StoredId>) -> Option<AppendResult> {
     let first_stored = request
         .events

@@ -35,11 +35,11 @@ use sqlx::{PgPool, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::plan::{StoredId, batch_event_ids, batch_streams, plan, stored_now};
+use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EventStore, ExpectedVersion, Metadata, PayloadFormat,
-    RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
+    AppendRequest, AppendResult, Appended, EventStore, Metadata, PayloadFormat, RecordedEvent,
+    Snapshot, StoreError, StreamId, postgres_migrator,
 };
 
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
@@ -450,73 +450,6 @@ impl PostgresStore {
 }
 
 const FAST_APPEND_SQL: &str = "SELECT written, head, versions FROM nursery_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-
-/// A batch shaped for the one-statement path: every request valid and non-empty, event ids
-/// unique in the batch, and each stream's requests chained (each expecting the version the one
-/// before leaves, or all expecting any).
-struct FastBatch<'a> {
-    streams: Vec<&'a StreamId>,
-    bases: Vec<i64>,
-    r_stream: Vec<i32>,
-    r_offset: Vec<i32>,
-    /// Per request: its stream's index, its offset in the stream's part, its event count.
-    requests: Vec<(usize, u64, usize)>,
-}
-
-impl<'a> FastBatch<'a> {
-    fn prepare(batch: &'a [AppendRequest]) -> Option<Self> {
-        let mut fast = FastBatch {
-            streams: Vec::new(),
-            bases: Vec::new(),
-            r_stream: Vec::new(),
-            r_offset: Vec::new(),
-            requests: Vec::new(),
-        };
-        let mut index: HashMap<&StreamId, (usize, u64)> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        for request in batch {
-            if request.events.is_empty() || super::plan::validate(request).is_err() {
-                return None;
-            }
-            if !request.events.iter().all(|e| seen.insert(e.event_id)) {
-                return None;
-            }
-            let (stream, offset) = match index.get(&request.stream).copied() {
-                None => {
-                    fast.streams.push(&request.stream);
-                    fast.bases.push(match request.expected {
-                        ExpectedVersion::Any => -1,
-                        ExpectedVersion::Exact(version) => i64::try_from(version).ok()?,
-                    });
-                    (fast.streams.len() - 1, 0)
-                }
-                Some((stream, offset)) => {
-                    let chained = match (fast.bases[stream], request.expected) {
-                        (-1, ExpectedVersion::Any) => true,
-                        (base, ExpectedVersion::Exact(version)) if base >= 0 => {
-                            u64::try_from(base).ok()? + offset == version
-                        }
-                        _ => false,
-                    };
-                    if !chained {
-                        return None;
-                    }
-                    (stream, offset)
-                }
-            };
-            for k in 0..request.events.len() {
-                fast.r_stream.push(i32::try_from(stream + 1).ok()?);
-                fast.r_offset.push(i32::try_from(offset + k as u64).ok()?);
-            }
-            fast.requests.push((stream, offset, request.events.len()));
-            index.insert(
-                &request.stream,
-                (stream, offset + request.events.len() as u64),
-            );
-        }
-        Some(fast)
-    }
-}
 
 /// PostgreSQL integers are signed: a bound past `i64::MAX` means "no bound".
 fn clamp(value: u64) -> i64 {

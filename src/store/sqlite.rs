@@ -20,11 +20,11 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::plan::{StoredId, batch_event_ids, batch_streams, plan, stored_now};
+use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, EventStore, Metadata, PayloadFormat, RecordedEvent, Snapshot,
-    StoreError, StreamId, sqlite_migrator,
+    AppendRequest, AppendResult, Appended, EventStore, Metadata, PayloadFormat, RecordedEvent,
+    Snapshot, StoreError, StreamId, sqlite_migrator,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; keep well inside it.
@@ -117,6 +117,15 @@ impl EventStore for SqliteStore {
     #[instrument(skip_all, fields(requests = batch.len()), err)]
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // The common case in one statement; anything unusual (a conflict, a stored id, an
+        // expectation of any version, an empty or invalid request) is planned in full, in the
+        // same transaction.
+        if let Some(fast) = FastBatch::prepare(batch).filter(|f| fits_one_statement(f)) {
+            if let Some(results) = append_fast(&mut tx, &fast, batch).await? {
+                tx.commit().await?;
+                return Ok(results);
+            }
+        }
 
         let streams = batch_streams(batch);
         let ids = batch_event_ids(batch);
@@ -308,6 +317,138 @@ type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
 /// Reads what planning a batch needs, in one statement per chunk of parameters: the current
 /// version of each stream (an index search each), where any of `ids` is already stored, and the
 /// head.
+/// Whether the fast path can take the batch: every stream expects an exact version (a stream
+/// expecting any version needs its current one read first), and the statement stays within
+/// SQLite's bound on parameters.
+fn fits_one_statement(fast: &FastBatch<'_>) -> bool {
+    fast.bases.iter().all(|&base| base >= 0)
+        && fast.r_stream.len() * 11 + fast.streams.len() * 3 <= MAX_PARAMS
+}
+
+/// The one-statement path, inside the append's `BEGIN IMMEDIATE`: the rows are inserted only
+/// if every stream is at its expected version; their positions are the rowids SQLite assigns
+/// (one more than the largest, in the order inserted, which `ORDER BY` makes the batch's).
+/// `None` when it wrote nothing: a stream had moved, or an event id is already stored (the
+/// unique constraint aborts the statement alone, and the transaction goes on to full planning).
+async fn append_fast(
+    tx: &mut sqlx::SqliteConnection,
+    fast: &FastBatch<'_>,
+    batch: &[AppendRequest],
+) -> Result<Option<Vec<AppendResult>>, StoreError> {
+    let recorded_at = stored_now();
+    let now = recorded_at.timestamp_micros();
+    let mut query = QueryBuilder::new(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_id, event_type, \
+         payload_revision, payload_format, recorded_at, metadata, payload) \
+         SELECT column2, column3, column4, column5, column6, column7, column8, column9, column10, \
+         column11 FROM (VALUES ",
+    );
+    let mut n: i64 = 0;
+    for (request, &(stream, offset, _)) in batch.iter().zip(&fast.requests) {
+        let base = u64::try_from(fast.bases[stream])
+            .map_err(|_| StoreError::Internal("the fast path took an any-version stream".into()))?;
+        for (k, event) in request.events.iter().enumerate() {
+            if n > 0 {
+                query.push(", ");
+            }
+            query
+                .push("(")
+                .push_bind(n)
+                .push(", ")
+                .push_bind(request.stream.aggregate_type.as_str())
+                .push(", ")
+                .push_bind(request.stream.aggregate_id.as_str())
+                .push(", ")
+                .push_bind(to_i64(base + offset + k as u64 + 1, "sequence")?)
+                .push(", ")
+                .push_bind(event.event_id)
+                .push(", ")
+                .push_bind(event.event_type.as_str())
+                .push(", ")
+                .push_bind(i64::from(event.revision))
+                .push(", ")
+                .push_bind(i64::from(event.format.code()))
+                .push(", ")
+                .push_bind(now)
+                .push(", ")
+                .push_bind(event.metadata.to_json()?)
+                .push(", ")
+                .push_bind(event.payload.as_slice())
+                .push(")");
+            n += 1;
+        }
+    }
+    query.push(") WHERE NOT EXISTS (SELECT 1 FROM (VALUES ");
+    for (i, (stream, &base)) in fast.streams.iter().zip(&fast.bases).enumerate() {
+        if i > 0 {
+            query.push(", ");
+        }
+        query
+            .push("(")
+            .push_bind(stream.aggregate_type.as_str())
+            .push(", ")
+            .push_bind(stream.aggregate_id.as_str())
+            .push(", ")
+            .push_bind(base)
+            .push(")");
+    }
+    query.push(
+        ") AS s WHERE COALESCE((SELECT MAX(e.sequence) FROM events e \
+         WHERE e.aggregate_type = s.column1 AND e.aggregate_id = s.column2), 0) <> s.column3) \
+         ORDER BY column1 RETURNING global_position, event_id",
+    );
+    let rows = match query.build().fetch_all(&mut *tx).await {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(error))
+            if error.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+        {
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut positions = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        positions.insert(
+            row.try_get::<Uuid, _>(1)?,
+            to_u64(row.try_get(0)?, "global_position")?,
+        );
+    }
+    // The positions must follow the batch's order with no gap; anything else is refused (and
+    // rolled back with the transaction) rather than stored out of order.
+    let mut results = Vec::with_capacity(batch.len());
+    let mut expected: Option<u64> = None;
+    for (request, &(stream, offset, len)) in batch.iter().zip(&fast.requests) {
+        let mut first = None;
+        let mut last = None;
+        for event in &request.events {
+            let position = positions.get(&event.event_id).copied();
+            match (position, expected) {
+                (Some(p), Some(e)) if p == e => {}
+                (Some(p), None) => expected = Some(p),
+                _ => {
+                    return Err(StoreError::Internal(
+                        "the fast append stored rows out of the batch's order".into(),
+                    ));
+                }
+            }
+            first = first.or(position);
+            last = position;
+            expected = expected.map(|e| e + 1);
+        }
+        let base = u64::try_from(fast.bases[stream]).unwrap_or_default();
+        results.push(Ok(Appended {
+            version: base + offset + len as u64,
+            first_position: first,
+            last_position: last,
+            recorded_at,
+        }));
+    }
+    Ok(Some(results))
+}
+
 async fn read_current(
     conn: &mut sqlx::SqliteConnection,
     streams: &[&StreamId],
