@@ -542,6 +542,7 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
             }
         }
         stopping.begin_shutdown();
+        watchdog(grace);
         handle.stop(true).await;
     });
     server.await.map_err(|e| e.to_string())?;
@@ -551,6 +552,24 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     shop.shutdown(grace).await.map_err(|e| e.to_string())?;
     info!("stopped");
     Ok(())
+}
+
+/// Ends the process if a graceful stop has not finished well after its grace time: the HTTP
+/// server's grace, the commands' and the read side's each (every answered command is durable
+/// by then, so nothing acknowledged is lost). A stop that hangs becomes a failed exit an
+/// orchestrator sees, not a process that never goes away.
+fn watchdog(grace: Duration) {
+    let limit = grace * 4 + Duration::from_secs(5);
+    let spawned = std::thread::Builder::new()
+        .name("stop-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(seconds = limit.as_secs(), "stopping took too long; exiting");
+            std::process::exit(3);
+        });
+    if let Err(error) = spawned {
+        warn!(%error, "no stop watchdog");
+    }
 }
 
 /// A server for the wait before the shop runs: `/health` answers 200, everything else 503.
