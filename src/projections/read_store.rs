@@ -133,6 +133,22 @@ pub trait ReadStore: Send + Sync + 'static {
     /// One document of the serving generation.
     async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError>;
 
+    /// The documents of `keys` in the serving generation, in one read where the backend can
+    /// (missing keys are absent from the answer).
+    async fn get_many(
+        &self,
+        name: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Value>, StoreError> {
+        let mut found = HashMap::with_capacity(keys.len());
+        for key in keys {
+            if let Some(document) = self.get(name, key).await? {
+                found.insert(key.clone(), document);
+            }
+        }
+        Ok(found)
+    }
+
     /// The documents of the serving generation whose key starts with `prefix`, in key order.
     async fn scan(
         &self,

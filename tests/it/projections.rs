@@ -420,6 +420,35 @@ pub async fn a_skipped_dead_letter_lets_the_waiting_events_through(backend: Read
     );
 }
 
+/// `get_many` answers what `get` answers for each key, in one read, leaving out missing keys.
+pub async fn get_many_answers_what_get_answers_in_one_read(backend: ReadBackend) {
+    let runtime = runtime(&backend).await;
+    traffic(&runtime, "m-", 5, 2).await;
+    let handle = project(&backend, &runtime, Arc::default()).await;
+    settle(&backend, &handle).await;
+    let keys: Vec<String> = ["pot:m-3", "pot:m-0", "pot:nobody", "totals"]
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect();
+    let many = backend.read.get_many("pot_summary", &keys).await.unwrap();
+    assert_eq!(many.len(), 3, "{many:?}");
+    for key in &keys {
+        assert_eq!(
+            many.get(key).cloned(),
+            backend.read.get("pot_summary", key).await.unwrap(),
+            "{key}"
+        );
+    }
+    assert!(
+        backend
+            .read
+            .get_many("pot_summary", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// A process that follows a processor another process runs reads its generation without
 /// registering it: looking never writes.
 pub async fn looking_up_a_generation_registers_nothing(backend: ReadBackend) {
@@ -464,6 +493,7 @@ all_read_backends!(
     a_poison_event_parks_its_aggregate_while_the_others_carry_on,
     a_skipped_dead_letter_lets_the_waiting_events_through,
     looking_up_a_generation_registers_nothing,
+    get_many_answers_what_get_answers_in_one_read,
 );
 
 /// On PostgreSQL, with a writer held open (as an append holds it) while the runtime keeps
