@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench --bench runtime` (PostgreSQL on 127.0.0.1:5432 for its rows).
 //! `NURSERY_BENCH_SCALE` scales the counts (default 1.0); `NURSERY_BENCH_CLIENTS` sets the number of
-//! concurrent clients (default 64); `NURSERY_BENCH_ONLY` picks sections.
+//! concurrent clients (default 64); `NURSERY_BENCH_LINGER_US` sets the journal's `max_wait`
+//! (default 0); `NURSERY_BENCH_ONLY` picks sections.
 
 #![allow(
     clippy::unwrap_used,
@@ -172,7 +173,15 @@ fn row(backend: &str, what: &str, rate: f64, p50: Option<Duration>, p99: Option<
 }
 
 async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
+    let mut config = RuntimeConfig::default();
+    if let Some(linger) = std::env::var("NURSERY_BENCH_LINGER_US")
+        .ok()
+        .and_then(|l| l.parse().ok())
+    {
+        config.journal.max_wait = Duration::from_micros(linger);
+    }
     let runtime = Runtime::builder(Arc::clone(&store))
+        .config(config)
         .aggregate::<BenchCart>()
         .start()
         .await
