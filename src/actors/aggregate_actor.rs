@@ -211,8 +211,9 @@ impl<A: Aggregate> AggregateActor<A> {
 
     /// After a conflict: reads the events stored since our version (another process's, or the
     /// part of our group that was written) and folds them in, then decides again. Far cheaper
-    /// than a rehydration when a hot aggregate is shared between command processes.
-    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+    /// than a rehydration when a hot aggregate is shared between command processes. `then`
+    /// reads the caught-up state (an `Inspect` that asked for the current one).
+    fn catch_up(&mut self, ctx: &mut Context<Self>, then: Option<StateReader<A>>) {
         self.ready = false;
         let repository = self.settings.repository.clone();
         let id = Arc::clone(&self.id);
@@ -234,6 +235,9 @@ impl<A: Aggregate> AggregateActor<A> {
                 // A snapshot point crossed by what was missed (or by the written part of a
                 // group) is taken now: the next flush only looks at what it writes itself.
                 actor.snapshot_if_due(before, actor.version);
+                if let Some(read) = then {
+                    read(&actor.state, actor.version);
+                }
             }
         }));
     }
@@ -327,6 +331,11 @@ impl<A: Aggregate> AggregateActor<A> {
     /// stream's stored version is read first; when it moved, the actor catches up and decides
     /// the commands again, as after a conflict.
     fn answer_unwritten(&mut self, decided: Vec<Decision<A>>, ctx: &mut Context<Self>) {
+        if decided.is_empty() {
+            // Every command was a repeat answered from the remembered ids: nothing rests on
+            // the state.
+            return;
+        }
         let repository = self.settings.repository.clone();
         let stream = Repository::<A>::stream(&self.id);
         let check = async move { repository.store().stream_version(&stream).await };
@@ -336,7 +345,7 @@ impl<A: Aggregate> AggregateActor<A> {
                     for decision in decided {
                         actor.retry_later(decision.into_pending());
                     }
-                    actor.catch_up(ctx);
+                    actor.catch_up(ctx, None);
                 }
                 Ok(_) => {
                     for decision in decided {
@@ -488,7 +497,7 @@ impl<A: Aggregate> AggregateActor<A> {
             metrics::counter!("nursery_aggregate_conflicts_total", "aggregate" => A::TYPE)
                 .increment(1);
             // A partly written group snapshots, if due, once caught up.
-            self.catch_up(ctx);
+            self.catch_up(ctx, None);
             return;
         }
         self.restarts = 0;
@@ -655,31 +664,20 @@ impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
             return;
         }
         // The mailbox waits while the stored version is read (and, if it moved, the missed
-        // events folded), so no command is decided on the state in between.
+        // events folded), so no command is decided on the state in between. The state is taken
+        // only when there is something to catch up on.
         let repository = self.settings.repository.clone();
-        let id = Arc::clone(&self.id);
-        let loaded = Loaded {
-            state: std::mem::take(&mut self.state),
-            version: self.version,
-            replayed: 0,
-            recent_commands: self.recent.drain(..).collect(),
-        };
-        let check = async move {
-            let stored = repository
-                .store()
-                .stream_version(&Repository::<A>::stream(&id))
-                .await?;
-            if stored > loaded.version {
-                repository.catch_up(&id, loaded).await
-            } else {
-                Ok(loaded)
-            }
-        };
-        ctx.wait(check.into_actor(self).map(move |current, actor, ctx| {
-            // On a store error the actor restarts and the read is dropped: the caller hears
-            // that the actor stopped without answering.
-            if actor.resume(current, "checked before a read", ctx) {
-                (inspect.read)(&actor.state, actor.version);
+        let stream = Repository::<A>::stream(&self.id);
+        let check = async move { repository.store().stream_version(&stream).await };
+        ctx.wait(check.into_actor(self).map(move |stored, actor, ctx| {
+            match stored {
+                Ok(stored) if stored > actor.version => actor.catch_up(ctx, Some(inspect.read)),
+                Ok(_) => (inspect.read)(&actor.state, actor.version),
+                // The read is dropped: the caller hears that the actor answered nothing. The
+                // state and the commands waiting are untouched.
+                Err(error) => {
+                    warn!(aggregate = A::TYPE, id = %actor.id, %error, "checking the stream's version for a read failed");
+                }
             }
         }));
     }

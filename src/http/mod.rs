@@ -530,6 +530,8 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     let stopping = shop.clone();
     let lead_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lost = Arc::clone(&lead_lost);
+    // Dropped when `serve` returns, which calls the watchdog off.
+    let (stopped, stop_watched) = std::sync::mpsc::channel::<()>();
     actix_rt::spawn(async move {
         tokio::select! {
             signal = stop_signal() => {
@@ -542,7 +544,7 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
             }
         }
         stopping.begin_shutdown();
-        watchdog(grace);
+        watchdog(grace, stop_watched);
         handle.stop(true).await;
     });
     server.await.map_err(|e| e.to_string())?;
@@ -551,21 +553,26 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     }
     shop.shutdown(grace).await.map_err(|e| e.to_string())?;
     info!("stopped");
+    drop(stopped);
     Ok(())
 }
 
 /// Ends the process if a graceful stop has not finished well after its grace time: the HTTP
 /// server's grace, the commands' and the read side's each (every answered command is durable
 /// by then, so nothing acknowledged is lost). A stop that hangs becomes a failed exit an
-/// orchestrator sees, not a process that never goes away.
-fn watchdog(grace: Duration) {
-    let limit = grace * 4 + Duration::from_secs(5);
+/// orchestrator sees, not a process that never goes away. `serve` returning (its end of
+/// `stopped` dropped) calls it off, so a host that embeds `serve` carries on.
+fn watchdog(grace: Duration, stopped: std::sync::mpsc::Receiver<()>) {
+    let limit = grace
+        .saturating_mul(4)
+        .saturating_add(Duration::from_secs(5));
     let spawned = std::thread::Builder::new()
         .name("stop-watchdog".into())
         .spawn(move || {
-            std::thread::sleep(limit);
-            tracing::error!(seconds = limit.as_secs(), "stopping took too long; exiting");
-            std::process::exit(3);
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
+                tracing::error!(seconds = limit.as_secs(), "stopping took too long; exiting");
+                std::process::exit(3);
+            }
         });
     if let Err(error) = spawned {
         warn!(%error, "no stop watchdog");

@@ -1353,6 +1353,9 @@ impl Nursery {
     /// Waits until every read model and saga has handled everything written so far, up to
     /// `timeout`.
     pub async fn settle(&self, timeout: Duration) -> Result<(), ShopError> {
+        // One deadline for all of them: `timeout` bounds the whole wait.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let head = self.inner.store.head().await?;
         for view in [
             View::Catalog,
@@ -1360,10 +1363,10 @@ impl Nursery {
             View::Orders,
             View::Notifications,
         ] {
-            self.handle(view).wait_for(head, timeout).await?;
+            self.handle(view).wait_for(head, left()).await?;
         }
         for saga in self.sagas() {
-            saga.wait_for(head, timeout).await?;
+            saga.wait_for(head, left()).await?;
         }
         Ok(())
     }

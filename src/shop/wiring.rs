@@ -202,10 +202,17 @@ async fn charge(
     token: String,
     metadata: Metadata,
 ) -> Result<(), DispatchError> {
-    let status = gateway
+    let mut status = gateway
         .inspect::<Payment, _>(payment.as_str(), |p, _| p.status)
         .await
         .map_err(failed)?;
+    if status != PaymentStatus::Requested {
+        // Not charging decides on its own: read it again as the store has it.
+        status = gateway
+            .inspect_current::<Payment, _>(payment.as_str(), |p, _| p.status)
+            .await
+            .map_err(failed)?;
+    }
     if status != PaymentStatus::Requested {
         return Ok(()); // answered already, or abandoned: nothing to charge
     }

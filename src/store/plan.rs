@@ -180,11 +180,6 @@ pub(crate) fn plan<'a>(
     }
 }
 
-/// If any id of the request is already stored: the first append's answer when the request is
-/// an exact retry of it, a duplicate error otherwise. `None` when no id is stored.
-///
-/// An exact retry has every id stored, in this stream, at consecutive sequences in the order of
-/// the request, starting right after the expected version (for `ExpectedVersion::Any`, anywhere).
 /// A batch shaped for the one-statement path: every request valid and non-empty, event ids
 /// unique in the batch, and each stream's requests chained (each expecting the version the one
 /// before leaves, or all expecting any).
@@ -256,6 +251,11 @@ impl<'a> FastBatch<'a> {
     }
 }
 
+/// If any id of the request is already stored: the first append's answer when the request is
+/// an exact retry of it, a duplicate error otherwise. `None` when no id is stored.
+///
+/// An exact retry has every id stored, in this stream, at consecutive sequences in the order of
+/// the request, starting right after the expected version (for `ExpectedVersion::Any`, anywhere).
 fn retry_answer(request: &AppendRequest, stored: &HashMap<Uuid, StoredId>) -> Option<AppendResult> {
     let first_stored = request
         .events

@@ -124,6 +124,9 @@ fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 impl EventStore for PostgresStore {
     #[instrument(skip_all, fields(requests = batch.len()), err)]
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         // The common case in one round trip; anything unusual (a conflict, a stored id, an
         // empty or invalid request, a broken chain) is planned in full.
         if let Some(fast) = FastBatch::prepare(batch) {

@@ -116,6 +116,9 @@ fn record(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
 impl EventStore for SqliteStore {
     #[instrument(skip_all, fields(requests = batch.len()), err)]
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         // The common case in one statement; anything unusual (a conflict, a stored id, an
         // expectation of any version, an empty or invalid request) is planned in full, in the
@@ -314,9 +317,6 @@ impl EventStore for SqliteStore {
 
 type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
 
-/// Reads what planning a batch needs, in one statement per chunk of parameters: the current
-/// version of each stream (an index search each), where any of `ids` is already stored, and the
-/// head.
 /// Whether the fast path can take the batch: every stream expects an exact version (a stream
 /// expecting any version needs its current one read first), and the statement stays within
 /// SQLite's bound on parameters.
@@ -449,6 +449,9 @@ async fn append_fast(
     Ok(Some(results))
 }
 
+/// Reads what planning a batch needs, in one statement per chunk of parameters: the current
+/// version of each stream (an index search each), where any of `ids` is already stored, and the
+/// head.
 async fn read_current(
     conn: &mut sqlx::SqliteConnection,
     streams: &[&StreamId],

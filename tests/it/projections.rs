@@ -426,6 +426,29 @@ pub async fn get_many_answers_what_get_answers_in_one_read(backend: ReadBackend)
     traffic(&runtime, "m-", 5, 2).await;
     let handle = project(&backend, &runtime, Arc::default()).await;
     settle(&backend, &handle).await;
+    // A generation that does not serve (a rebuild in progress) holds other documents: they
+    // must not show.
+    let serving = backend.read.active_generation("pot_summary").await.unwrap();
+    backend
+        .read
+        .commit(nursery::projections::Commit {
+            name: "pot_summary",
+            generation: serving + 1,
+            writes: vec![
+                ("pot:m-3".to_owned(), Some(json!({ "from": "the rebuild" }))),
+                (
+                    "pot:nobody".to_owned(),
+                    Some(json!({ "from": "the rebuild" })),
+                ),
+            ],
+            position: 1,
+            park: Vec::new(),
+            resolve: Vec::new(),
+            skip: Vec::new(),
+            fail_before_commit: false,
+        })
+        .await
+        .unwrap();
     let keys: Vec<String> = ["pot:m-3", "pot:m-0", "pot:nobody", "totals"]
         .iter()
         .map(|k| (*k).to_owned())

@@ -462,7 +462,8 @@ async fn a_refusal_is_not_decided_on_a_state_another_process_moved_past() {
         .await
         .unwrap();
     assert_eq!(watered.version, 2, "decided again on the planted pot");
-    // And a refusal on a current state is still a refusal, after the same check.
+    // And a refusal that the store confirms is still a refusal (the first process's actor
+    // catches up on the water first, then refuses the second planting).
     let again = one
         .gateway()
         .send_and_wait::<Pot>("p", plant(), Metadata::default())
@@ -473,6 +474,72 @@ async fn a_refusal_is_not_decided_on_a_state_another_process_moved_past() {
     );
     let registry = two.gateway().registry::<Pot>().unwrap();
     assert_eq!(registry.counters().caught_up.load(Ordering::SeqCst), 1);
+}
+
+/// The case that went wrong in the split deployment: a no-op decided on a stale state. The
+/// second process's product actor has not seen a hold the first one reserved; releasing it
+/// there must not answer "nothing to release" but catch up and release it.
+#[actix_rt::test]
+async fn a_no_op_is_not_decided_on_a_state_another_process_moved_past() {
+    use nursery::domain::shop::{CartId, HoldId, Money, Product, ProductCommand, Quantity};
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let one = TestRuntime::start_on(Arc::clone(&store), |b| {
+        b.config(quick()).aggregate::<Product>()
+    })
+    .await
+    .unwrap();
+    let two = TestRuntime::start_on(Arc::clone(&store), |b| {
+        b.config(quick()).aggregate::<Product>()
+    })
+    .await
+    .unwrap();
+    let create = ProductCommand::Create {
+        name: "Fern".into(),
+        description: "green".into(),
+        price: Money::from_cents(500),
+        stock: 10,
+    };
+    one.gateway()
+        .send_and_wait::<Product>("fern", create, Metadata::default())
+        .await
+        .unwrap();
+    let shelf = |p: &Product, version| (p.available, p.reserved, version);
+    assert_eq!(
+        two.gateway()
+            .inspect::<Product, _>("fern", shelf)
+            .await
+            .unwrap(),
+        (10, 0, 1)
+    );
+    let hold = HoldId::parse("h-1").unwrap();
+    let reserve = ProductCommand::Reserve {
+        hold: hold.clone(),
+        cart: CartId::parse("c-1").unwrap(),
+        quantity: Quantity::parse(3).unwrap(),
+        hold_seconds: 60,
+    };
+    one.gateway()
+        .send_and_wait::<Product>("fern", reserve, Metadata::default())
+        .await
+        .unwrap();
+    let release = ProductCommand::Release { hold, keep: 0 };
+    let released = two
+        .gateway()
+        .send_and_wait::<Product>("fern", release, Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (released.events, released.version),
+        (1, 3),
+        "the hold was released"
+    );
+    assert_eq!(
+        two.gateway()
+            .inspect::<Product, _>("fern", shelf)
+            .await
+            .unwrap(),
+        (10, 0, 3)
+    );
 }
 
 /// `inspect` reads the actor's state as this process knows it; `inspect_current` catches up on
@@ -512,6 +579,11 @@ async fn inspect_current_sees_what_another_process_wrote() {
             .unwrap(),
         (fern.clone(), 3, 2)
     );
+    let caught_up = || {
+        let registry = two.gateway().registry::<Pot>().unwrap();
+        registry.counters().caught_up.load(Ordering::SeqCst)
+    };
+    assert_eq!(caught_up(), 1, "the current read caught the actor up");
     // The actor kept what it caught up on: a command decides on it with no conflict.
     let watered = two
         .gateway()
@@ -519,6 +591,7 @@ async fn inspect_current_sees_what_another_process_wrote() {
         .await
         .unwrap();
     assert_eq!(watered.version, 3);
+    assert_eq!(caught_up(), 1, "the water needed no catching up");
     assert_eq!(
         two.gateway().inspect::<Pot, _>("p", read).await.unwrap(),
         (fern, 4, 3)

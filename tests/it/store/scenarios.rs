@@ -334,6 +334,9 @@ pub async fn an_empty_append_neither_creates_a_stream_nor_lowers_a_version(store
     ));
     assert_eq!(store.stream_version(&existing).await.unwrap(), 3);
     assert_eq!(store.head().await.unwrap(), 3);
+    // An empty batch is answered with no results and writes nothing.
+    assert!(store.append_batch(&[]).await.unwrap().is_empty());
+    assert_eq!(store.head().await.unwrap(), 3);
 }
 
 pub async fn a_bad_second_event_rejects_the_whole_append(store: Store) {
