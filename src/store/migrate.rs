@@ -58,6 +58,11 @@ pub fn postgres_migrator() -> Migrator {
             "processor leaders",
             include_str!("../../migrations/postgres/0005_leaders.sql"),
         ),
+        (
+            6,
+            "fast append relies on the unique event id",
+            include_str!("../../migrations/postgres/0006_fast_append_unique.sql"),
+        ),
     ])
 }
 

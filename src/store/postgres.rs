@@ -427,7 +427,18 @@ impl PostgresStore {
             .bind(&metadata)
             .bind(&payloads)
             .fetch_one(&self.pool)
-            .await?;
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // A stored event id (the unique index refused it; nothing was written): planned in
+            // full, which tells a retry from a duplicate.
+            Err(sqlx::Error::Database(error))
+                if error.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
         if !row.try_get::<bool, _>("written")? {
             return Ok(None);
         }
