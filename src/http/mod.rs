@@ -532,6 +532,7 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     let lost = Arc::clone(&lead_lost);
     // Dropped when `serve` returns, which calls the watchdog off.
     let (stopped, stop_watched) = std::sync::mpsc::channel::<()>();
+    let (asked, stop_asked) = tokio::sync::oneshot::channel::<()>();
     actix_rt::spawn(async move {
         tokio::select! {
             signal = stop_signal() => {
@@ -545,9 +546,24 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         }
         stopping.begin_shutdown();
         watchdog(grace, stop_watched);
+        let _ = asked.send(());
         handle.stop(true).await;
     });
-    server.await.map_err(|e| e.to_string())?;
+    // The HTTP server stops once its connections are done, within its grace. A stop asked
+    // while its workers are still starting can leave it waiting for a worker that never
+    // answers (seen with a SIGTERM 50 ms after start): past the grace and a second, the shop
+    // stops anyway; every request has been answered or cut off by then.
+    let mut server = std::pin::pin!(server);
+    let overdue = async move {
+        match stop_asked.await {
+            Ok(()) => tokio::time::sleep(grace.saturating_add(Duration::from_secs(1))).await,
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        outcome = &mut server => outcome.map_err(|e| e.to_string())?,
+        () = overdue => warn!(seconds = grace.as_secs(), "the HTTP server did not stop within its grace; stopping the shop anyway"),
+    }
     if lead_lost.load(std::sync::atomic::Ordering::SeqCst) {
         return Err("lost the lead over the event processors".into());
     }
