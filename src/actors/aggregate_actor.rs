@@ -62,6 +62,19 @@ pub struct CommandOutcome {
     pub duplicate: bool,
 }
 
+impl CommandOutcome {
+    /// The outcome of a command that recorded nothing (a no-op, or a repeat when `duplicate`).
+    fn unchanged(command_id: Uuid, version: u64, position: Option<u64>, duplicate: bool) -> Self {
+        Self {
+            command_id,
+            version,
+            events: 0,
+            position,
+            duplicate,
+        }
+    }
+}
+
 /// The reply of one command.
 pub type CommandResult<A> = Result<CommandOutcome, CommandError<<A as Aggregate>::Error>>;
 
@@ -264,13 +277,7 @@ impl<A: Aggregate> AggregateActor<A> {
                 .filter(|id| self.recent.contains(id))
             {
                 // Already applied (a retry, or a saga's redelivered command): answer, change nothing.
-                let outcome = CommandOutcome {
-                    command_id: id,
-                    version,
-                    events: 0,
-                    position: None,
-                    duplicate: true,
-                };
+                let outcome = CommandOutcome::unchanged(id, version, None, true);
                 finish::<A>(pending, Ok(outcome));
                 continue;
             }
@@ -445,13 +452,12 @@ impl<A: Aggregate> AggregateActor<A> {
                         // Its events (ids derived from its command id) are already stored: it
                         // was applied before. Answer so; what follows is decided again.
                         broken = true;
-                        let outcome = CommandOutcome {
-                            command_id: command_id(&pending.metadata),
+                        let outcome = CommandOutcome::unchanged(
+                            command_id(&pending.metadata),
                             version,
-                            events: 0,
-                            position: None,
-                            duplicate: true,
-                        };
+                            None,
+                            true,
+                        );
                         finish::<A>(pending, Ok(outcome));
                     }
                     Some(Ok(_)) | Some(Err(StoreError::ConcurrencyConflict { .. })) => {
@@ -474,13 +480,12 @@ impl<A: Aggregate> AggregateActor<A> {
                     }
                 },
                 Decision::Nothing { pending, version } if !broken => {
-                    let outcome = CommandOutcome {
-                        command_id: command_id(&pending.metadata),
+                    let outcome = CommandOutcome::unchanged(
+                        command_id(&pending.metadata),
                         version,
-                        events: 0,
-                        position: last_position,
-                        duplicate: false,
-                    };
+                        last_position,
+                        false,
+                    );
                     finish::<A>(pending, Ok(outcome));
                 }
                 Decision::Rejected { pending, rejection } if !broken => {
@@ -544,13 +549,8 @@ impl<A: Aggregate> AggregateActor<A> {
 fn answer_unwritten<A: Aggregate>(decision: Decision<A>) {
     match decision {
         Decision::Nothing { pending, version } => {
-            let outcome = CommandOutcome {
-                command_id: command_id(&pending.metadata),
-                version,
-                events: 0,
-                position: None,
-                duplicate: false,
-            };
+            let outcome =
+                CommandOutcome::unchanged(command_id(&pending.metadata), version, None, false);
             finish::<A>(pending, Ok(outcome));
         }
         Decision::Rejected { pending, rejection } => {

@@ -280,6 +280,27 @@ async fn a_store_failure_fails_the_command_and_the_actor_rehydrates() {
     assert_eq!(last.version, 3);
 }
 
+/// Two command processes on one store: two runtimes over the same in-memory store, each
+/// with aggregate type `A`.
+async fn two_processes<A: nursery::domain::Aggregate>(
+    config: RuntimeConfig,
+) -> (
+    Arc<dyn nursery::store::EventStore>,
+    TestRuntime,
+    TestRuntime,
+) {
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let start = || {
+        let config = config.clone();
+        TestRuntime::start_on(Arc::clone(&store), move |b| {
+            b.config(config).aggregate::<A>()
+        })
+    };
+    let one = start().await.unwrap();
+    let two = start().await.unwrap();
+    (store, one, two)
+}
+
 fn foreign_prune() -> nursery::store::NewEvent {
     Codec::default()
         .encode_event(&PotEvent::from(Pruned { leaves: 1 }), Metadata::default())
@@ -314,21 +335,11 @@ async fn a_conflict_with_another_writer_is_decided_again_on_fresh_state() {
 /// them right: the loser of each race catches up on what it missed and decides again.
 #[actix_rt::test]
 async fn two_processes_on_one_hot_aggregate_lose_nothing() {
-    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
-    let config = || RuntimeConfig {
+    let (store, one, two) = two_processes::<Pot>(RuntimeConfig {
         max_conflict_retries: 1_000,
         ..quick()
-    };
-    let one = TestRuntime::start_on(Arc::clone(&store), |b| {
-        b.config(config()).aggregate::<Pot>()
     })
-    .await
-    .unwrap();
-    let two = TestRuntime::start_on(Arc::clone(&store), |b| {
-        b.config(config()).aggregate::<Pot>()
-    })
-    .await
-    .unwrap();
+    .await;
     one.gateway()
         .send_and_wait::<Pot>("hot", plant(), Metadata::default())
         .await
@@ -425,13 +436,7 @@ async fn two_processes_on_one_hot_aggregate_lose_nothing() {
 /// seen the hold answered "nothing to release", and the stock stayed held for good.)
 #[actix_rt::test]
 async fn a_refusal_is_not_decided_on_a_state_another_process_moved_past() {
-    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
-    let one = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
-        .await
-        .unwrap();
-    let two = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
-        .await
-        .unwrap();
+    let (_store, one, two) = two_processes::<Pot>(quick()).await;
     // The second process's actor is live with the empty pot: watering it is refused.
     let refused = two
         .gateway()
@@ -482,17 +487,7 @@ async fn a_refusal_is_not_decided_on_a_state_another_process_moved_past() {
 #[actix_rt::test]
 async fn a_no_op_is_not_decided_on_a_state_another_process_moved_past() {
     use nursery::domain::shop::{CartId, HoldId, Money, Product, ProductCommand, Quantity};
-    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
-    let one = TestRuntime::start_on(Arc::clone(&store), |b| {
-        b.config(quick()).aggregate::<Product>()
-    })
-    .await
-    .unwrap();
-    let two = TestRuntime::start_on(Arc::clone(&store), |b| {
-        b.config(quick()).aggregate::<Product>()
-    })
-    .await
-    .unwrap();
+    let (_store, one, two) = two_processes::<Product>(quick()).await;
     let create = ProductCommand::Create {
         name: "Fern".into(),
         description: "green".into(),
@@ -546,13 +541,7 @@ async fn a_no_op_is_not_decided_on_a_state_another_process_moved_past() {
 /// what another process wrote first.
 #[actix_rt::test]
 async fn inspect_current_sees_what_another_process_wrote() {
-    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
-    let one = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
-        .await
-        .unwrap();
-    let two = TestRuntime::start_on(Arc::clone(&store), |b| b.config(quick()).aggregate::<Pot>())
-        .await
-        .unwrap();
+    let (_store, one, two) = two_processes::<Pot>(quick()).await;
     let read = |pot: &Pot, version| (pot.species.clone(), pot.water, version);
     assert_eq!(
         two.gateway().inspect::<Pot, _>("p", read).await.unwrap(),

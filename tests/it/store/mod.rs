@@ -71,11 +71,9 @@ mod durable {
 mod lost_snapshots {
     use std::sync::Arc;
 
-    use nursery::store::{Codec, Metadata, Repository, SnapshotPolicy};
+    use nursery::store::{Codec, Repository, SnapshotPolicy};
 
-    use nursery::domain::Aggregate;
-
-    use crate::fixtures::{Pot, PotCommand, PotEvent, Watered};
+    use crate::fixtures::Pot;
 
     async fn lost_snapshots_load_the_same_state(
         backend: crate::support::Backend,
@@ -84,40 +82,7 @@ mod lost_snapshots {
         let policy = SnapshotPolicy { every: 50, keep: 3 };
         let repository =
             Repository::<Pot>::new(Arc::clone(&backend.store), Codec::default(), policy);
-        let mut state = Pot::default();
-        let plant = Aggregate::decide(
-            &state,
-            &PotCommand::Plant {
-                species: "fern".into(),
-            },
-        )
-        .unwrap();
-        let mut version = repository
-            .save("p", 0, &plant, &Metadata::default())
-            .await
-            .unwrap()
-            .version;
-        state.apply_all(&plant);
-        for i in 0..30u32 {
-            let events: Vec<PotEvent> = (0..5)
-                .map(|k| {
-                    Watered {
-                        millilitres: i * 5 + k,
-                        source: "can".into(),
-                    }
-                    .into()
-                })
-                .collect();
-            let appended = repository
-                .save("p", version, &events, &Metadata::default())
-                .await
-                .unwrap();
-            state.apply_all(&events);
-            repository
-                .snapshot_if_due("p", &state, version, appended.version)
-                .await;
-            version = appended.version;
-        }
+        let (state, version) = super::scenarios::plant_and_water(&repository, 30).await;
         assert_eq!(version, 151);
         let with_all = repository.load("p").await.unwrap();
         assert_eq!(

@@ -776,14 +776,10 @@ pub async fn a_ten_thousand_event_stream_streams_and_loads(store: Store) {
     assert_eq!(loaded.replayed, 10_001);
 }
 
-pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
-    let policy = SnapshotPolicy {
-        every: 100,
-        keep: 2,
-    };
-    let repository = Repository::<Pot>::new(Arc::clone(&store), codec(), policy);
+/// Plants pot "p", then waters it `rounds` times with 5 events each, snapshotting when due;
+/// answers the state and version written.
+pub async fn plant_and_water(repository: &Repository<Pot>, rounds: usize) -> (Pot, u64) {
     let mut state = Pot::default();
-    let mut version = 0;
     let plant = nursery::domain::Aggregate::decide(
         &state,
         &crate::fixtures::PotCommand::Plant {
@@ -791,13 +787,13 @@ pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
         },
     )
     .unwrap();
-    repository
-        .save("p", version, &plant, &Metadata::default())
+    let mut version = repository
+        .save("p", 0, &plant, &Metadata::default())
         .await
-        .unwrap();
+        .unwrap()
+        .version;
     state.apply_all(&plant);
-    version += 1;
-    for _ in 0..49 {
+    for _ in 0..rounds {
         let events: Vec<PotEvent> = (0..5)
             .map(|_| {
                 Watered {
@@ -817,6 +813,16 @@ pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
             .await;
         version = appended.version;
     }
+    (state, version)
+}
+
+pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
+    let policy = SnapshotPolicy {
+        every: 100,
+        keep: 2,
+    };
+    let repository = Repository::<Pot>::new(Arc::clone(&store), codec(), policy);
+    let (state, version) = plant_and_water(&repository, 49).await;
     assert_eq!(version, 246);
     assert_eq!(store.snapshot_count(&pot("p")).await.unwrap(), 2);
     assert_eq!(
