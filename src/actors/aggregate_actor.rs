@@ -343,10 +343,7 @@ impl<A: Aggregate> AggregateActor<A> {
             // the state.
             return;
         }
-        let repository = self.settings.repository.clone();
-        let stream = Repository::<A>::stream(&self.id);
-        let check = async move { repository.store().stream_version(&stream).await };
-        ctx.wait(check.into_actor(self).map(move |stored, actor, ctx| {
+        self.with_stored_version(ctx, move |stored, actor, ctx| {
             match stored {
                 Ok(stored) if stored > actor.version => {
                     for decision in decided {
@@ -372,7 +369,20 @@ impl<A: Aggregate> AggregateActor<A> {
                     ctx.notify(Flush);
                 }
             }
-        }));
+        });
+    }
+
+    /// Reads the stream's stored version while the mailbox waits (no command is decided in
+    /// between), then hands it to `then`.
+    fn with_stored_version(
+        &mut self,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(Result<u64, StoreError>, &mut Self, &mut Context<Self>) + 'static,
+    ) {
+        let repository = self.settings.repository.clone();
+        let stream = Repository::<A>::stream(&self.id);
+        let check = async move { repository.store().stream_version(&stream).await };
+        ctx.wait(check.into_actor(self).map(then));
     }
 
     /// A command made `decide` or `apply` panic: answer it, put the commands decided before it
@@ -663,13 +673,8 @@ impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
             (inspect.read)(&self.state, self.version);
             return;
         }
-        // The mailbox waits while the stored version is read (and, if it moved, the missed
-        // events folded), so no command is decided on the state in between. The state is taken
-        // only when there is something to catch up on.
-        let repository = self.settings.repository.clone();
-        let stream = Repository::<A>::stream(&self.id);
-        let check = async move { repository.store().stream_version(&stream).await };
-        ctx.wait(check.into_actor(self).map(move |stored, actor, ctx| {
+        // The state is taken only when there is something to catch up on.
+        self.with_stored_version(ctx, move |stored, actor, ctx| {
             match stored {
                 Ok(stored) if stored > actor.version => actor.catch_up(ctx, Some(inspect.read)),
                 Ok(_) => (inspect.read)(&actor.state, actor.version),
@@ -679,7 +684,7 @@ impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
                     warn!(aggregate = A::TYPE, id = %actor.id, %error, "checking the stream's version for a read failed");
                 }
             }
-        }));
+        });
     }
 }
 

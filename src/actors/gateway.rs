@@ -263,6 +263,22 @@ impl CommandGateway {
         self.read_through::<A, R>(id, read, true).await
     }
 
+    /// [`Self::inspect`], read again with [`Self::inspect_current`] when `stands` says the
+    /// answer cannot stand on this process's view alone (a refusal, a missing aggregate): the
+    /// store is read only for answers that would decide something on their own.
+    pub async fn inspect_confirmed<A: Aggregate, R: Send + 'static>(
+        &self,
+        id: &str,
+        read: impl Fn(&A, u64) -> R + Clone + Send + 'static,
+        stands: impl FnOnce(&R) -> bool,
+    ) -> Result<R, CommandError<A::Error>> {
+        let answer = self.inspect::<A, R>(id, read.clone()).await?;
+        if stands(&answer) {
+            return Ok(answer);
+        }
+        self.inspect_current::<A, R>(id, read).await
+    }
+
     async fn read_through<A: Aggregate, R: Send + 'static>(
         &self,
         id: &str,

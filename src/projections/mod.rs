@@ -21,5 +21,8 @@ pub use runner::{
     ApplyContext, Documents, Lagging, ProcessorConfig, ProcessorState, ProcessorStatus, Projection,
     ProjectionHandle, start_projection,
 };
-pub use saga::{DispatchError, SagaConfig, SagaDecoder, SagaDispatcher, SagaHandle, start_saga};
+pub use saga::{
+    DispatchError, SagaConfig, SagaDecoder, SagaDispatcher, SagaHandle, saga_processor_name,
+    start_saga,
+};
 pub use sql_read_store::{PostgresReadStore, SqliteReadStore};

@@ -112,6 +112,15 @@ pub trait ReadStore: Send + Sync + 'static {
     /// The last position generation `generation` of `name` applied (0: none).
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError>;
 
+    /// The serving generation of `name` and its checkpoint, without registering `name`
+    /// (`None`: not registered yet): how a process follows a processor another one runs.
+    async fn serving_checkpoint(&self, name: &str) -> Result<Option<(u32, u64)>, StoreError> {
+        match self.serving_generation(name).await? {
+            Some(generation) => Ok(Some((generation, self.checkpoint(name, generation).await?))),
+            None => Ok(None),
+        }
+    }
+
     /// The documents of `keys` in a generation (missing keys are absent from the answer).
     async fn load(
         &self,
@@ -133,20 +142,17 @@ pub trait ReadStore: Send + Sync + 'static {
     /// One document of the serving generation.
     async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError>;
 
-    /// The documents of `keys` in the serving generation, in one read where the backend can
-    /// (missing keys are absent from the answer).
+    /// The documents of `keys` in the serving generation (missing keys are absent from the
+    /// answer): [`Self::load`] on the generation [`Self::serving_generation`] names.
     async fn get_many(
         &self,
         name: &str,
         keys: &[String],
     ) -> Result<HashMap<String, Value>, StoreError> {
-        let mut found = HashMap::with_capacity(keys.len());
-        for key in keys {
-            if let Some(document) = self.get(name, key).await? {
-                found.insert(key.clone(), document);
-            }
+        match self.serving_generation(name).await? {
+            Some(generation) => self.load(name, generation, keys).await,
+            None => Ok(HashMap::new()),
         }
-        Ok(found)
     }
 
     /// The documents of the serving generation whose key starts with `prefix`, in key order.

@@ -353,13 +353,7 @@ pub async fn start_projection(
     let name = projection.name().to_owned();
     let generation = read.active_generation(&name).await?;
     let position = read.checkpoint(&name, generation).await?;
-    let blocked = read
-        .dead_letters(&name)
-        .await?
-        .into_iter()
-        .filter(|d| !d.skipped)
-        .map(|d| d.stream)
-        .collect();
+    let blocked = blocked_streams(&*read, &name).await?;
     let (status, watcher) = watch::channel(ProcessorStatus {
         name: name.clone(),
         position,
@@ -837,6 +831,21 @@ fn take(counter: &AtomicUsize) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
+}
+
+/// The streams with a dead letter of `name` that is not skipped: their later events wait
+/// behind it.
+pub(crate) async fn blocked_streams(
+    read: &dyn ReadStore,
+    name: &str,
+) -> Result<HashSet<StreamId>, StoreError> {
+    Ok(read
+        .dead_letters(name)
+        .await?
+        .into_iter()
+        .filter(|d| !d.skipped)
+        .map(|d| d.stream)
+        .collect())
 }
 
 /// The dead letters of `name` for `stream` that are not skipped, by position, with their events

@@ -223,6 +223,12 @@ struct Manager<S: Saga> {
     retry_backoff: Duration,
 }
 
+/// The processor name of saga `S` (its checkpoint, documents and dead letters go under it),
+/// whichever process runs it.
+pub fn saga_processor_name<S: Saga>() -> String {
+    format!("saga:{}", S::NAME)
+}
+
 /// Starts the manager of saga `S`.
 pub async fn start_saga<S: Saga>(
     store: Arc<dyn EventStore>,
@@ -233,7 +239,7 @@ pub async fn start_saga<S: Saga>(
     clock: Arc<dyn Clock>,
     config: SagaConfig,
 ) -> Result<SagaHandle, StoreError> {
-    let name = format!("saga:{}", S::NAME);
+    let name = saga_processor_name::<S>();
     let generation = read.active_generation(&name).await?;
     let position = read.checkpoint(&name, generation).await?;
     let (status, watcher) = watch::channel(ProcessorStatus {
@@ -255,13 +261,7 @@ pub async fn start_saga<S: Saga>(
         })
         .await
         .map_err(|e| StoreError::Internal(format!("the broker is gone: {e}")))?;
-    let blocked = read
-        .dead_letters(&name)
-        .await?
-        .into_iter()
-        .filter(|d| !d.skipped)
-        .map(|d| d.stream)
-        .collect();
+    let blocked = super::runner::blocked_streams(&*read, &name).await?;
     let (control, controls) = mpsc::channel(4);
     let manager = Manager::<S> {
         broker: broker.clone(),

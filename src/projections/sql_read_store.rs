@@ -123,9 +123,6 @@ impl SqlRow for sqlx::postgres::PgRow {
     }
 }
 
-/// Keys per `IN (...)` list on SQLite (its bound on parameters is 32,766).
-const MAX_KEYS_PER_QUERY: usize = 10_000;
-
 const DEAD_LETTER_COLUMNS: &str = "id, processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, skipped, parked_at";
 
 #[async_trait]
@@ -310,31 +307,6 @@ impl ReadStore for SqliteReadStore {
                 Ok((row.try_get("key")?, json(&body)?))
             })
             .collect()
-    }
-
-    async fn get_many(
-        &self,
-        name: &str,
-        keys: &[String],
-    ) -> Result<HashMap<String, Value>, StoreError> {
-        let mut found = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_KEYS_PER_QUERY) {
-            let mut query = QueryBuilder::new(
-                "SELECT d.key, d.body FROM documents d JOIN processors p ON p.name = d.projection \
-                 AND p.active_generation = d.generation WHERE d.projection = ",
-            );
-            query.push_bind(name).push(" AND d.key IN (");
-            let mut list = query.separated(", ");
-            for key in chunk {
-                list.push_bind(key.as_str());
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.reader).await? {
-                let body: String = row.try_get("body")?;
-                found.insert(row.try_get("key")?, json(&body)?);
-            }
-        }
-        Ok(found)
     }
 
     async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {
@@ -627,27 +599,6 @@ impl ReadStore for PostgresReadStore {
                 Ok((row.try_get("key")?, json(&body)?))
             })
             .collect()
-    }
-
-    async fn get_many(
-        &self,
-        name: &str,
-        keys: &[String],
-    ) -> Result<HashMap<String, Value>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.key, d.body::text AS body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
-             WHERE d.projection = $1 AND d.key = ANY($2)",
-        )
-        .bind(name)
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let body: String = row.try_get("body")?;
-            found.insert(row.try_get("key")?, json(&body)?);
-        }
-        Ok(found)
     }
 
     async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {

@@ -48,7 +48,7 @@ use crate::projections::shop::{
 use crate::projections::{
     DeadLetter, Leadership, MemoryReadStore, PostgresReadStore, ProcessorConfig, ProcessorStatus,
     ReadStore, RelayHandle, SagaConfig, SagaHandle, SqliteReadStore, follow_exchange,
-    start_projection, start_relay, start_saga,
+    saga_processor_name, start_projection, start_relay, start_saga,
 };
 use crate::store::{
     Codec, EventStore, MemoryStore, Metadata, PostgresStore, SqliteStore, StoreError, StreamId,
@@ -704,7 +704,6 @@ impl Nursery {
         let _guard = self.enter()?;
         let gateway = &self.inner.gateway;
         let command_id = command_id.unwrap_or_else(Uuid::new_v4);
-        let failed = |e| ShopError::from_command(e, ShopError::from);
         // The cart first, so a wrong cart holds no stock even for a moment. A refusal is read
         // again on the cart as stored: another command process may have changed it.
         let (who, what) = (customer.clone(), product.clone());
@@ -712,30 +711,18 @@ impl Nursery {
             c.check_open_for(&who)
                 .and_then(|()| c.check_room(&what, quantity))
         };
-        let mut verdict = gateway
-            .inspect::<Cart, _>(cart.as_str(), room.clone())
+        gateway
+            .inspect_confirmed::<Cart, _>(cart.as_str(), room, Result::is_ok)
             .await
-            .map_err(failed)?;
-        if verdict.is_err() {
-            verdict = gateway
-                .inspect_current::<Cart, _>(cart.as_str(), room)
-                .await
-                .map_err(failed)?;
-        }
-        verdict.map_err(ShopError::from)?;
+            .map_err(|e| ShopError::from_command(e, ShopError::from))?
+            .map_err(ShopError::from)?;
         // The product's name and price, before anything is held (a product that does not exist
         // holds nothing; one created by another process is looked for in the store).
         let listing = |p: &Product, _| p.exists.then(|| (p.name.clone(), p.price));
-        let mut found = gateway
-            .inspect::<Product, _>(product.as_str(), listing)
+        let found = gateway
+            .inspect_confirmed::<Product, _>(product.as_str(), listing, Option::is_some)
             .await
             .map_err(|e| ShopError::from_command(e, ShopError::from))?;
-        if found.is_none() {
-            found = gateway
-                .inspect_current::<Product, _>(product.as_str(), listing)
-                .await
-                .map_err(|e| ShopError::from_command(e, ShopError::from))?;
-        }
         let (name, unit_price) = found.ok_or(ShopError::UnknownProduct)?;
         let hold = HoldId::parse(format!("h-{}", derived(command_id, "hold").simple()))?;
         let reserve = ProductCommand::Reserve {
@@ -1214,14 +1201,10 @@ impl Nursery {
     async fn followed(&self, name: String, head: u64) -> ProcessorStatus {
         let read = &self.inner.read;
         // Read only: the process that runs it registers it.
-        let checkpoint = match read.serving_generation(&name).await {
-            Ok(Some(generation)) => read
-                .checkpoint(&name, generation)
-                .await
-                .map(|position| (generation, position)),
-            Ok(None) => Ok((1, 0)),
-            Err(error) => Err(error),
-        };
+        let checkpoint = read
+            .serving_checkpoint(&name)
+            .await
+            .map(|found| found.unwrap_or((1, 0)));
         let (generation, position, last_error) = match checkpoint {
             Ok((generation, position)) => (generation, position, None),
             Err(error) => (0, 0, Some(error.to_string())),
@@ -1276,9 +1259,9 @@ impl Nursery {
     /// The sagas' processor names, whichever process runs them.
     fn saga_names(&self) -> Vec<String> {
         vec![
-            format!("saga:{}", <Purchase as crate::domain::Saga>::NAME),
-            format!("saga:{}", <PaymentProcessing as crate::domain::Saga>::NAME),
-            format!("saga:{}", <ReservationKeeper as crate::domain::Saga>::NAME),
+            saga_processor_name::<Purchase>(),
+            saga_processor_name::<PaymentProcessing>(),
+            saga_processor_name::<ReservationKeeper>(),
         ]
     }
 

@@ -64,15 +64,14 @@ impl RemoteView {
                     return;
                 }
                 // Read only: the events process registers the processor.
-                if let Ok(Some(generation)) = polled.serving_generation(&followed).await {
-                    if let Ok(position) = polled.checkpoint(&followed, generation).await {
-                        tell.send_if_modified(|s| {
-                            let changed = s.position != position || s.generation != generation;
-                            s.position = position;
-                            s.generation = generation;
-                            changed
-                        });
-                    }
+                if let Ok(Some((generation, position))) = polled.serving_checkpoint(&followed).await
+                {
+                    tell.send_if_modified(|s| {
+                        let changed = s.position != position || s.generation != generation;
+                        s.position = position;
+                        s.generation = generation;
+                        changed
+                    });
                 }
                 // Read again after `every`, or at once when the event exchange says something
                 // happened.

@@ -202,17 +202,15 @@ async fn charge(
     token: String,
     metadata: Metadata,
 ) -> Result<(), DispatchError> {
-    let mut status = gateway
-        .inspect::<Payment, _>(payment.as_str(), |p, _| p.status)
+    // Not charging decides on its own: that answer is read again as the store has it.
+    let status = gateway
+        .inspect_confirmed::<Payment, _>(
+            payment.as_str(),
+            |p, _| p.status,
+            |status| *status == PaymentStatus::Requested,
+        )
         .await
         .map_err(failed)?;
-    if status != PaymentStatus::Requested {
-        // Not charging decides on its own: read it again as the store has it.
-        status = gateway
-            .inspect_current::<Payment, _>(payment.as_str(), |p, _| p.status)
-            .await
-            .map_err(failed)?;
-    }
     if status != PaymentStatus::Requested {
         return Ok(()); // answered already, or abandoned: nothing to charge
     }

@@ -171,24 +171,30 @@ impl<A: Aggregate> Repository<A> {
     pub async fn catch_up(&self, id: &str, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
         let mut loaded = loaded;
-        if self.policy.every > 0 {
-            let interval = usize::try_from(self.policy.every).unwrap_or(usize::MAX);
-            let missed = self
-                .store
-                .read_stream(&stream, loaded.version + 1, u64::MAX, interval)
-                .await?;
-            if missed.len() < interval {
-                for record in &missed {
-                    self.fold_record(&stream, &mut loaded, record)?;
-                }
-                return Ok(loaded);
-            }
+        if self.policy.every == 0 {
+            return self.fold(&stream, loaded).await;
+        }
+        let interval = usize::try_from(self.policy.every).unwrap_or(usize::MAX);
+        let missed = self
+            .store
+            .read_stream(&stream, loaded.version + 1, u64::MAX, interval)
+            .await?;
+        if missed.len() == interval {
+            // A whole interval missed: a snapshot at least that far on saves folding it.
             if let Some((state, version)) = self.usable_snapshot(&stream).await? {
-                if version > loaded.version {
+                if version >= loaded.version + missed.len() as u64 {
                     loaded.state = state;
                     loaded.version = version;
+                    return self.fold(&stream, loaded).await;
                 }
             }
+        }
+        // The page read is folded, not read again; what lies beyond it is folded after.
+        for record in &missed {
+            self.fold_record(&stream, &mut loaded, record)?;
+        }
+        if missed.len() < interval {
+            return Ok(loaded);
         }
         self.fold(&stream, loaded).await
     }

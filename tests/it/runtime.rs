@@ -25,6 +25,20 @@ fn plant() -> PotCommand {
     }
 }
 
+/// Plants pot `id`, then waters it `waters` times, one command at a time.
+async fn plant_and_water(gateway: &nursery::actors::CommandGateway, id: &str, waters: usize) {
+    gateway
+        .send_and_wait::<Pot>(id, plant(), Metadata::default())
+        .await
+        .unwrap();
+    for _ in 0..waters {
+        gateway
+            .send_and_wait::<Pot>(id, water(1), Metadata::default())
+            .await
+            .unwrap();
+    }
+}
+
 async fn start(config: RuntimeConfig) -> TestRuntime {
     TestRuntime::start(|b| {
         b.config(config)
@@ -598,16 +612,7 @@ async fn catching_up_far_behind_starts_from_a_newer_snapshot() {
     })
     .await;
     let gateway = test.gateway();
-    gateway
-        .send_and_wait::<Pot>("p", plant(), Metadata::default())
-        .await
-        .unwrap();
-    for _ in 0..99 {
-        gateway
-            .send_and_wait::<Pot>("p", water(1), Metadata::default())
-            .await
-            .unwrap();
-    }
+    plant_and_water(&gateway, "p", 99).await;
     let stream = StreamId::new("Pot", "p");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while test
@@ -672,17 +677,7 @@ async fn subscribers_see_every_event_once_in_order_live_late_and_slow() {
     let early = test.subscribe("early", 1, 64, Duration::ZERO).await;
     let slow = test.subscribe("slow", 1, 1, Duration::from_millis(2)).await;
     for pot in 0..10 {
-        let id = format!("p{pot}");
-        gateway
-            .send_and_wait::<Pot>(&id, plant(), Metadata::default())
-            .await
-            .unwrap();
-        for _ in 0..4 {
-            gateway
-                .send_and_wait::<Pot>(&id, water(1), Metadata::default())
-                .await
-                .unwrap();
-        }
+        plant_and_water(&gateway, &format!("p{pot}"), 4).await;
     }
     let late = test.subscribe("late", 1, 4, Duration::ZERO).await;
     let from_middle = test.subscribe("middle", 31, 4, Duration::ZERO).await;
@@ -881,16 +876,7 @@ async fn snapshots_are_taken_every_n_events() {
     };
     let test = start(config).await;
     let gateway = test.gateway();
-    gateway
-        .send_and_wait::<Pot>("p", plant(), Metadata::default())
-        .await
-        .unwrap();
-    for _ in 0..24 {
-        gateway
-            .send_and_wait::<Pot>("p", water(1), Metadata::default())
-            .await
-            .unwrap();
-    }
+    plant_and_water(&gateway, "p", 24).await;
     let stream = StreamId::new("Pot", "p");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while test.store().snapshot_count(&stream).await.unwrap() < 2 {
@@ -981,4 +967,85 @@ async fn actors_used_in_the_first_moment_are_not_passivated_before_their_time() 
     tokio::time::advance(Duration::from_secs(31)).await;
     registry.passivate_idle();
     assert_eq!(registry.live(), 0);
+}
+
+/// DESIGN: nothing acknowledged is lost on a database restart. While 16 clients append through
+/// the runtime on PostgreSQL (the one-statement append and its fallback), every connection to
+/// the database is cut, again and again, as a restart does: each command answered Ok is
+/// stored, and stored once.
+#[actix_rt::test]
+async fn cut_database_connections_lose_no_acknowledged_command() {
+    use futures_util::TryStreamExt;
+    use sqlx::Connection;
+    let backend = crate::support::postgres().await;
+    let test = TestRuntime::start_on(Arc::clone(&backend.store), |b| {
+        b.config(quick()).aggregate::<Pot>()
+    })
+    .await
+    .unwrap();
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<Uuid>::new()));
+    let clients: Vec<_> = (0..16)
+        .map(|client| {
+            let gateway = test.gateway();
+            let acknowledged = Arc::clone(&acknowledged);
+            actix_rt::spawn(async move {
+                let pot = format!("cut-{client}");
+                for n in 0..40 {
+                    let command = if n == 0 { plant() } else { water(1) };
+                    if let Ok(outcome) = gateway
+                        .send_and_wait::<Pot>(&pot, command, Metadata::default())
+                        .await
+                    {
+                        acknowledged.lock().unwrap().push(outcome.command_id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let url = backend.url.clone();
+    let cutter = actix_rt::spawn(async move {
+        let mut cut = 0;
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let ended: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            cut += ended.iter().filter(|e| **e).count();
+        }
+        cut
+    });
+    for client in clients {
+        client.await.unwrap();
+    }
+    let cut = cutter.await.unwrap();
+    assert!(cut > 0, "no connection was cut: the test proves nothing");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 100,
+        "the load barely ran: {}",
+        acknowledged.len()
+    );
+    let records: Vec<nursery::store::RecordedEvent> =
+        nursery::store::stream_all(&*backend.store, 1)
+            .try_collect()
+            .await
+            .unwrap();
+    let mut stored: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    for record in &records {
+        if let Some(id) = record.metadata.command_id {
+            *stored.entry(id).or_default() += 1;
+        }
+    }
+    for id in &acknowledged {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "command {id} answered Ok: stored once"
+        );
+    }
 }

@@ -421,14 +421,9 @@ pub async fn a_batch_is_handled_as_one_event_at_a_time_would_be(backend: ReadBac
         assert_eq!(pot.events, 3, "{id} watered once: {pot:?}");
     }
     let head = runtime.store().head().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while saga.report().await.position < head {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the saga never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    saga.wait_for(head, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|lagging| panic!("the saga never caught up: {lagging:?}"));
     let left: Vec<String> = backend
         .read
         .scan("saga:gardener", "a:", 100)
@@ -446,11 +441,9 @@ pub async fn a_batch_is_handled_as_one_event_at_a_time_would_be(backend: ReadBac
     assert!(outbox.is_empty(), "every command was sent: {outbox:?}");
 }
 
-/// A poisoned event in the middle of a batch (its association document does not decode): the
-/// batch falls back to one event at a time, the poisoned one is parked, the others take
-/// effect once.
-pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
-    let runtime = pot_runtime(&backend).await;
+/// Writes (`Some`) or deletes (`None`) document `key` of the gardener saga's serving
+/// generation, as a fault a test plants or removes.
+async fn set_document(backend: &ReadBackend, key: &str, doc: Option<serde_json::Value>) {
     let generation = backend
         .read
         .active_generation("saga:gardener")
@@ -461,11 +454,24 @@ pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
         .commit(nursery::projections::Commit {
             name: "saga:gardener",
             generation,
-            writes: vec![("a:pot=x".into(), Some(serde_json::json!({"not": "a list"})))],
+            writes: vec![(key.into(), doc)],
             ..Default::default()
         })
         .await
         .unwrap();
+}
+
+/// A poisoned event in the middle of a batch (its association document does not decode): the
+/// batch falls back to one event at a time, the poisoned one is parked, the others take
+/// effect once.
+pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
+    let runtime = pot_runtime(&backend).await;
+    set_document(
+        &backend,
+        "a:pot=x",
+        Some(serde_json::json!({"not": "a list"})),
+    )
+    .await;
     let gateway = runtime.gateway();
     for id in ["a", "x", "b"] {
         plant_pot(&gateway, id, "fern").await;
@@ -477,14 +483,9 @@ pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
         assert_eq!(pot.events, 2, "{id} watered once: {pot:?}");
     }
     let head = runtime.store().head().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while saga.report().await.position < head {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the saga never got past the poison"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    saga.wait_for(head, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|lagging| panic!("the saga never got past the poison: {lagging:?}"));
     assert_eq!(
         pot(&backend, "x").await.water,
         0,
@@ -500,22 +501,12 @@ pub async fn a_poisoned_event_in_a_batch_parks_alone(backend: ReadBackend) {
 /// other streams; once the cause is fixed, a retry handles them all, in order, once.
 pub async fn later_events_wait_behind_a_parked_one_until_it_is_retried(backend: ReadBackend) {
     let runtime = pot_runtime(&backend).await;
-    let generation = backend
-        .read
-        .active_generation("saga:gardener")
-        .await
-        .unwrap();
-    let poison = |doc: Option<serde_json::Value>| nursery::projections::Commit {
-        name: "saga:gardener",
-        generation,
-        writes: vec![("a:pot=x".into(), doc)],
-        ..Default::default()
-    };
-    backend
-        .read
-        .commit(poison(Some(serde_json::json!({"not": "a list"}))))
-        .await
-        .unwrap();
+    set_document(
+        &backend,
+        "a:pot=x",
+        Some(serde_json::json!({"not": "a list"})),
+    )
+    .await;
     let clock = Arc::new(ManualClock::default());
     let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
     let gateway = runtime.gateway();
@@ -527,14 +518,9 @@ pub async fn later_events_wait_behind_a_parked_one_until_it_is_retried(backend: 
     plant_pot(&gateway, "y", "ivy").await;
     until(&backend, "y", |p| p.water == 10).await;
     let head = runtime.store().head().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while saga.report().await.position < head {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the saga never got past x"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    saga.wait_for(head, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|lagging| panic!("the saga never got past x: {lagging:?}"));
     let letters = saga.dead_letters().await.unwrap();
     let kinds: Vec<(&str, bool)> = letters
         .iter()
@@ -549,7 +535,7 @@ pub async fn later_events_wait_behind_a_parked_one_until_it_is_retried(backend: 
     assert!(saga.retry(stream.clone()).await.is_err());
     assert_eq!(saga.dead_letters().await.unwrap().len(), 2);
     // Fixed: both run, in order (watered at the start, then compensated by the hard prune).
-    backend.read.commit(poison(None)).await.unwrap();
+    set_document(&backend, "a:pot=x", None).await;
     assert_eq!(saga.retry(stream).await, Ok(2));
     let x = until(&backend, "x", |p| p.leaves_pruned == 61).await;
     assert_eq!((x.water, x.events), (10, 4), "{x:?}");
@@ -568,21 +554,7 @@ pub async fn later_events_wait_behind_a_parked_one_until_it_is_retried(backend: 
 /// listed, marked skipped, and is never handled.
 pub async fn a_skipped_event_releases_those_behind_it(backend: ReadBackend) {
     let runtime = pot_runtime(&backend).await;
-    let generation = backend
-        .read
-        .active_generation("saga:gardener")
-        .await
-        .unwrap();
-    backend
-        .read
-        .commit(nursery::projections::Commit {
-            name: "saga:gardener",
-            generation,
-            writes: vec![("a:pot=x".into(), Some(serde_json::json!(7)))],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    set_document(&backend, "a:pot=x", Some(serde_json::json!(7))).await;
     let clock = Arc::new(ManualClock::default());
     let saga = manager(&backend, &runtime, &clock, Arc::default()).await;
     let gateway = runtime.gateway();

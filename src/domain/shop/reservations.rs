@@ -320,6 +320,31 @@ mod tests {
         }
     }
 
+    /// The cart checked out with one Monstera, held by `h1`.
+    fn checked_out_with_h1() -> ReservationEvent {
+        use crate::domain::shop::cart::{CartCheckedOut, OrderLine};
+        use crate::domain::shop::values::{Address, PaymentMethod};
+        cart(CartCheckedOut {
+            order: id("o1"),
+            customer: id("alice"),
+            lines: vec![OrderLine {
+                product: id("monstera"),
+                name: "Monstera".into(),
+                quantity: 1,
+                unit_price: Money::from_cents(1000),
+                holds: vec![(id("h1"), 1)],
+            }],
+            total: Money::from_cents(1000),
+            address: Address::parse("Ada", "1 Leaf Lane", "Kew", "TW9", "UK")
+                .unwrap_or_else(|_| unreachable!()),
+            payment: PaymentMethod {
+                token: "tok".into(),
+                last4: "4242".into(),
+            },
+            payment_timeout_seconds: 900,
+        })
+    }
+
     fn created() -> ReservationEvent {
         cart(CartCreated {
             owner: id("alice"),
@@ -427,32 +452,12 @@ mod tests {
 
     #[test]
     fn a_reservation_that_lands_after_checkout_is_swept() {
-        use crate::domain::shop::cart::{CartCheckedOut, OrderLine};
-        use crate::domain::shop::values::{Address, PaymentMethod};
         SagaFixture::<ReservationKeeper>::new()
             .given([
                 created(),
                 reserved("h1", 1),
                 added("h1", 1),
-                cart(CartCheckedOut {
-                    order: id("o1"),
-                    customer: id("alice"),
-                    lines: vec![OrderLine {
-                        product: id("monstera"),
-                        name: "Monstera".into(),
-                        quantity: 1,
-                        unit_price: Money::from_cents(1000),
-                        holds: vec![(id("h1"), 1)],
-                    }],
-                    total: Money::from_cents(1000),
-                    address: Address::parse("Ada", "1 Leaf Lane", "Kew", "TW9", "UK")
-                        .unwrap_or_else(|_| unreachable!()),
-                    payment: PaymentMethod {
-                        token: "tok".into(),
-                        last4: "4242".into(),
-                    },
-                    payment_timeout_seconds: 900,
-                }),
+                checked_out_with_h1(),
                 reserved("h9", 2),
             ])
             .when_time_elapses(600)
@@ -462,34 +467,14 @@ mod tests {
 
     #[test]
     fn a_hold_larger_than_its_sold_line_gives_back_the_rest() {
-        use crate::domain::shop::cart::{CartCheckedOut, OrderLine};
         use crate::domain::shop::product::StockSold;
-        use crate::domain::shop::values::{Address, PaymentMethod};
         // Two held, the line says one (the release after a removal was lost), one sold.
         SagaFixture::<ReservationKeeper>::new()
             .given([
                 created(),
                 reserved("h1", 2),
                 added("h1", 1),
-                cart(CartCheckedOut {
-                    order: id("o1"),
-                    customer: id("alice"),
-                    lines: vec![OrderLine {
-                        product: id("monstera"),
-                        name: "Monstera".into(),
-                        quantity: 1,
-                        unit_price: Money::from_cents(1000),
-                        holds: vec![(id("h1"), 1)],
-                    }],
-                    total: Money::from_cents(1000),
-                    address: Address::parse("Ada", "1 Leaf Lane", "Kew", "TW9", "UK")
-                        .unwrap_or_else(|_| unreachable!()),
-                    payment: PaymentMethod {
-                        token: "tok".into(),
-                        last4: "4242".into(),
-                    },
-                    payment_timeout_seconds: 900,
-                }),
+                checked_out_with_h1(),
                 product(StockSold {
                     hold: id("h1"),
                     cart: id("c1"),
