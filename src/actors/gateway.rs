@@ -20,7 +20,7 @@ use super::aggregate_actor::{CommandOutcome, CommandResult, Execute, Inspect};
 use super::error::{CommandError, Refusal};
 use super::registry::Registry;
 use crate::domain::{Aggregate, Command};
-use crate::store::Metadata;
+use crate::store::{Metadata, ids};
 
 /// A command as interceptors see it.
 pub struct CommandEnvelope<'a> {
@@ -162,7 +162,7 @@ impl CommandGateway {
         mut metadata: Metadata,
         timeout: Duration,
     ) -> CommandResult<A> {
-        let command_id = *metadata.command_id.get_or_insert_with(Uuid::new_v4);
+        let command_id = *metadata.command_id.get_or_insert_with(ids::fresh);
         metadata.correlation_id.get_or_insert(command_id);
         let span = info_span!("command", aggregate = A::TYPE, id, command = Command::name(&command), %command_id);
         async move {

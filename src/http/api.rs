@@ -424,7 +424,7 @@ pub async fn checkout(
                 .map_err(|e| ApiError::from(ShopError::from(e)))?;
             let card = CardNumber::parse(&body.payment.card_number)
                 .map_err(|e| ApiError::from(ShopError::from(e)))?;
-            let command_id = command_id.unwrap_or_else(uuid::Uuid::new_v4);
+            let command_id = command_id.unwrap_or_else(crate::store::ids::fresh);
             let done = shop
                 .checkout(&customer, &cart, address, &card, Some(command_id))
                 .await?;

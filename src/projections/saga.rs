@@ -48,7 +48,7 @@ use super::runner::{Documents, ProcessorState, ProcessorStatus};
 use crate::actors::{Broker, EventBatch, Subscribe};
 use crate::clock::Clock;
 use crate::domain::{Association, Routing, Saga, Step};
-use crate::store::{EventStore, Metadata, RecordedEvent, StoreError, StreamId};
+use crate::store::{EventStore, Metadata, RecordedEvent, StoreError, StreamId, ids};
 
 /// Turns a stored event into the saga's event type (`None`: not one it listens to).
 pub type SagaDecoder<S> = Arc<dyn Fn(&RecordedEvent) -> Option<<S as Saga>::Event> + Send + Sync>;
@@ -662,7 +662,7 @@ impl<S: Saga> Manager<S> {
         let mut created = None;
         if ids.is_empty() {
             if let Routing::Start(start) = &routing {
-                let id = Uuid::new_v5(&event.event_id, S::NAME.as_bytes()).to_string();
+                let id = ids::derived(&event.event_id, S::NAME.as_bytes()).to_string();
                 created = Some(Instance::<S> {
                     id: id.clone(),
                     state: S::default(),
@@ -689,7 +689,7 @@ impl<S: Saga> Manager<S> {
                 continue;
             };
             let step = instance.state.handle(&decoded, now.timestamp());
-            let seed = Uuid::new_v5(&event.event_id, id.as_bytes());
+            let seed = ids::derived(&event.event_id, id.as_bytes());
             let metadata = Metadata {
                 correlation_id: event.metadata.correlation_id,
                 causation_id: Some(event.event_id),
@@ -742,7 +742,7 @@ impl<S: Saga> Manager<S> {
         }
         let sent = !outgoing.is_empty();
         for (index, command) in (0u32..).zip(outgoing) {
-            let command_id = Uuid::new_v5(&seed, &index.to_be_bytes());
+            let command_id = ids::derived(&seed, &index.to_be_bytes());
             let metadata = Metadata {
                 command_id: Some(command_id),
                 ..metadata.clone()

@@ -52,7 +52,7 @@ use crate::projections::{
 };
 use crate::store::{
     Codec, EventStore, MemoryStore, Metadata, PostgresStore, SqliteStore, StoreError, StreamId,
-    stream_events,
+    ids, stream_events,
 };
 use views::{RemoteView, ViewHandle};
 
@@ -505,7 +505,7 @@ fn metadata(command_id: Uuid, customer: Option<&CustomerId>) -> Metadata {
 
 /// An id derived from a command id, so a retried command makes the same cart, hold or order.
 fn derived(command_id: Uuid, what: &str) -> Uuid {
-    Uuid::new_v5(&command_id, what.as_bytes())
+    ids::derived(&command_id, what.as_bytes())
 }
 
 const LIST_LIMIT: usize = 10_000;
@@ -590,7 +590,7 @@ impl Nursery {
         price: Money,
         stock: u32,
     ) -> Result<Accepted, ShopError> {
-        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let command_id = command_id.unwrap_or_else(ids::fresh);
         self.create_product_with(command_id, id, name, description, price, stock)
             .await
     }
@@ -604,7 +604,7 @@ impl Nursery {
         price: Money,
         stock: u32,
     ) -> Result<Accepted, ShopError> {
-        self.create_product_with(Uuid::new_v4(), id, name, description, price, stock)
+        self.create_product_with(ids::fresh(), id, name, description, price, stock)
             .await
     }
 
@@ -644,7 +644,7 @@ impl Nursery {
         command_id: Option<Uuid>,
     ) -> Result<Accepted, ShopError> {
         let _guard = self.enter()?;
-        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let command_id = command_id.unwrap_or_else(ids::fresh);
         let outcome = self
             .inner
             .gateway
@@ -668,7 +668,7 @@ impl Nursery {
         command_id: Option<Uuid>,
     ) -> Result<CartOpened, ShopError> {
         let _guard = self.enter()?;
-        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let command_id = command_id.unwrap_or_else(ids::fresh);
         let cart_id = CartId::parse(format!("c-{}", derived(command_id, "cart").simple()))?;
         let command = CartCommand::Create {
             owner: customer.clone(),
@@ -703,7 +703,7 @@ impl Nursery {
     ) -> Result<Accepted, ShopError> {
         let _guard = self.enter()?;
         let gateway = &self.inner.gateway;
-        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let command_id = command_id.unwrap_or_else(ids::fresh);
         // The cart first, so a wrong cart holds no stock even for a moment. A refusal is read
         // again on the cart as stored: another command process may have changed it.
         let (who, what) = (customer.clone(), product.clone());
@@ -812,7 +812,7 @@ impl Nursery {
         command_id: Option<Uuid>,
     ) -> Result<Accepted, ShopError> {
         let _guard = self.enter()?;
-        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let command_id = command_id.unwrap_or_else(ids::fresh);
         let outcome = self
             .inner
             .gateway
@@ -873,7 +873,7 @@ impl Nursery {
         command_id: Option<Uuid>,
     ) -> Result<CheckedOut, ShopError> {
         let _guard = self.enter()?;
-        let command_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let command_id = command_id.unwrap_or_else(ids::fresh);
         let order_id = OrderId::parse(format!("o-{}", derived(command_id, "order").simple()))?;
         let command = CartCommand::Checkout {
             customer: customer.clone(),

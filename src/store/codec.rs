@@ -156,7 +156,7 @@ impl Codec {
         event: &E,
         metadata: Metadata,
     ) -> Result<NewEvent, StoreError> {
-        self.encode_event_with_id(event, metadata, Uuid::new_v4())
+        self.encode_event_with_id(event, metadata, super::ids::fresh())
     }
 
     /// Encodes one typed event into a row to append, with the given event id (deterministic ids

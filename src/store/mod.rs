@@ -20,6 +20,7 @@
 //!   stores nothing.
 
 pub mod codec;
+pub mod ids;
 mod memory;
 mod migrate;
 mod plan;

@@ -239,7 +239,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Encodes `events` as one append to aggregate `id` at `expected` version. With a command
-    /// id in `metadata`, event ids derive from it (`UUIDv5(command id, index)`), so the same
+    /// id in `metadata`, event ids derive from it (`ids::derived(command id, index)`), so the same
     /// command applied twice is refused by the store as a duplicate.
     pub fn append_request(
         &self,
@@ -252,7 +252,7 @@ impl<A: Aggregate> Repository<A> {
             .zip(events)
             .map(|(index, event)| match metadata.command_id {
                 Some(command) => {
-                    let id = Uuid::new_v5(&command, &index.to_be_bytes());
+                    let id = super::ids::derived(&command, &index.to_be_bytes());
                     self.codec.encode_event_with_id(event, metadata.clone(), id)
                 }
                 None => self.codec.encode_event(event, metadata.clone()),
