@@ -508,6 +508,13 @@ fn section(name: &str) -> bool {
         .map_or(true, |only| only.split(',').any(|s| s.trim() == name))
 }
 
+/// Whether a backend runs: `NURSERY_BENCH_BACKENDS=postgres` picks backends (`memory`,
+/// `sqlite`, `postgres`); unset runs all.
+fn backend(name: &str) -> bool {
+    std::env::var("NURSERY_BENCH_BACKENDS")
+        .map_or(true, |only| only.split(',').any(|s| s.trim() == name))
+}
+
 fn main() {
     actix_rt::System::new().block_on(async {
         println!("Runtime benchmark: commands through gateway, actor, journal and store\n");
@@ -517,12 +524,16 @@ fn main() {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let sqlite = SqliteStore::connect(&url).await.unwrap();
         let raw = sqlite.writer_pool().clone();
-        if section("commands") {
+        if section("commands") && backend("sqlite") {
             runtime_rows("sqlite", Arc::new(sqlite.clone())).await;
             raw_sqlite(raw).await;
         }
 
-        let pg_store = BenchDb::create("nursery_rt").await;
+        let pg_store = if backend("postgres") {
+            BenchDb::create("nursery_rt").await
+        } else {
+            None
+        };
         if let Some(db) = &pg_store {
             if section("commands") {
                 runtime_rows("postgres", Arc::new(db.store.clone())).await;
@@ -532,10 +543,15 @@ fn main() {
 
         println!();
         if section("rehydration") {
-            rehydration_rows("memory", Arc::new(MemoryStore::new())).await;
-            let dir2 = tempfile::tempdir().unwrap();
-            let url2 = format!("sqlite://{}", dir2.path().join("rehydrate.db").display());
-            rehydration_rows("sqlite", Arc::new(SqliteStore::connect(&url2).await.unwrap())).await;
+            if backend("memory") {
+                rehydration_rows("memory", Arc::new(MemoryStore::new())).await;
+            }
+            if backend("sqlite") {
+                let dir2 = tempfile::tempdir().unwrap();
+                let url2 = format!("sqlite://{}", dir2.path().join("rehydrate.db").display());
+                let store = SqliteStore::connect(&url2).await.unwrap();
+                rehydration_rows("sqlite", Arc::new(store)).await;
+            }
             if let Some(db) = &pg_store {
                 rehydration_rows("postgres", Arc::new(db.store.clone())).await;
             }

@@ -10,13 +10,16 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::{Connection, Executor, QueryBuilder, Row, Sqlite, SqlitePool};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -41,6 +44,10 @@ const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequ
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Set while a one-round-trip append runs on the writer connection; still set at the next
+    /// use means that append was cut off (its future dropped) and may have left its transaction
+    /// open, so the next use rolls it back first.
+    unsettled: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -59,6 +66,8 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            // A connection to a local file does not go stale: no ping before each use.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         sqlite_migrator().run(&writer).await?;
@@ -68,10 +77,27 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .connect_with(options.read_only(true))
                 .await?
         };
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            unsettled: Arc::default(),
+        })
+    }
+
+    /// The writer connection, with the transaction of a cut-off one-round-trip append rolled
+    /// back (its rows were never acknowledged).
+    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        if self.unsettled.load(Ordering::SeqCst) {
+            // Fails harmlessly ("no transaction is active") when the append had finished.
+            let _ = conn.execute("ROLLBACK").await;
+            self.unsettled.store(false, Ordering::SeqCst);
+        }
+        Ok(conn)
     }
 
     /// The pool that writes (a single connection), for hosts that keep their own tables in the
@@ -119,16 +145,24 @@ impl EventStore for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        // The common case in one statement; anything unusual (a conflict, a stored id, an
-        // expectation of any version, an empty or invalid request) is planned in full, in the
-        // same transaction.
+        let mut conn = self.writer().await?;
+        // The common case in one round trip to SQLite; anything unusual (a conflict, a stored
+        // id, an expectation of any version, an empty or invalid request) is planned in full, in
+        // a transaction of its own.
         if let Some(fast) = FastBatch::prepare(batch).filter(|f| fits_one_statement(f)) {
-            if let Some(results) = append_fast(&mut tx, &fast, batch).await? {
-                tx.commit().await?;
+            self.unsettled.store(true, Ordering::SeqCst);
+            let outcome = append_fast(&mut conn, &fast, batch).await;
+            if outcome.is_err() {
+                // An error other than a constraint's (which `OR ROLLBACK` answered) may leave
+                // the transaction open.
+                let _ = conn.execute("ROLLBACK").await;
+            }
+            self.unsettled.store(false, Ordering::SeqCst);
+            if let Some(results) = outcome? {
                 return Ok(results);
             }
         }
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
 
         let streams = batch_streams(batch);
         let ids = batch_event_ids(batch);
@@ -241,7 +275,8 @@ impl EventStore for SqliteStore {
 
     #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT OR REPLACE INTO snapshots (aggregate_type, aggregate_id, sequence, \
              payload_revision, payload_format, recorded_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -325,23 +360,31 @@ fn fits_one_statement(fast: &FastBatch<'_>) -> bool {
         && fast.r_stream.len() * 11 + fast.streams.len() * 3 <= MAX_PARAMS
 }
 
-/// The one-statement path, inside the append's `BEGIN IMMEDIATE`: the rows are inserted only
-/// if every stream is at its expected version; their positions are the rowids SQLite assigns
-/// (one more than the largest, in the order inserted, which `ORDER BY` makes the batch's).
-/// `None` when it wrote nothing: a stream had moved, or an event id is already stored (the
-/// unique constraint aborts the statement alone, and the transaction goes on to full planning).
+/// The one-round-trip path: `BEGIN IMMEDIATE`, one `INSERT ... SELECT` and `COMMIT`, sent to
+/// SQLite together. The rows are inserted only if every stream is at its expected version.
+/// Their positions are explicit: the head before the statement (the `SELECT` sees the table as
+/// it was, as SQL requires of `INSERT ... SELECT`) plus one plus the row's index in the batch,
+/// so they follow the batch's order with no gap by construction. A last `SELECT` answers how
+/// many rows went in and the new head.
+///
+/// `None` when it wrote nothing: a stream had moved (the empty transaction commits), or an
+/// event id was already stored (`OR ROLLBACK`: the constraint ends the transaction, and the
+/// caller plans the batch in full in a new one). Any other error may leave the transaction
+/// open; the caller rolls it back.
 async fn append_fast(
-    tx: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::SqliteConnection,
     fast: &FastBatch<'_>,
     batch: &[AppendRequest],
 ) -> Result<Option<Vec<AppendResult>>, StoreError> {
     let recorded_at = stored_now();
     let now = recorded_at.timestamp_micros();
     let mut query = QueryBuilder::new(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_id, event_type, \
-         payload_revision, payload_format, recorded_at, metadata, payload) \
-         SELECT column2, column3, column4, column5, column6, column7, column8, column9, column10, \
-         column11 FROM (VALUES ",
+        "BEGIN IMMEDIATE; \
+         INSERT OR ROLLBACK INTO events (global_position, aggregate_type, aggregate_id, sequence, \
+         event_id, event_type, payload_revision, payload_format, recorded_at, metadata, payload) \
+         SELECT h.head + v.column1 + 1, v.column2, v.column3, v.column4, v.column5, v.column6, \
+         v.column7, v.column8, v.column9, v.column10, v.column11 \
+         FROM (SELECT COALESCE(MAX(global_position), 0) AS head FROM events) AS h, (VALUES ",
     );
     let mut n: i64 = 0;
     for (request, &(stream, offset, _)) in batch.iter().zip(&fast.requests) {
@@ -378,7 +421,7 @@ async fn append_fast(
             n += 1;
         }
     }
-    query.push(") WHERE NOT EXISTS (SELECT 1 FROM (VALUES ");
+    query.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM (VALUES ");
     for (i, (stream, &base)) in fast.streams.iter().zip(&fast.bases).enumerate() {
         if i > 0 {
             query.push(", ");
@@ -395,9 +438,13 @@ async fn append_fast(
     query.push(
         ") AS s WHERE COALESCE((SELECT MAX(e.sequence) FROM events e \
          WHERE e.aggregate_type = s.column1 AND e.aggregate_id = s.column2), 0) <> s.column3) \
-         ORDER BY column1 RETURNING global_position, event_id",
+         ORDER BY v.column1; \
+         SELECT changes(), (SELECT COALESCE(MAX(global_position), 0) FROM events); \
+         COMMIT",
     );
-    let rows = match query.build().fetch_all(&mut *tx).await {
+    // `fetch_all`, not `fetch_one`: the driver stops a statement list at the first row when
+    // asked for one, and `COMMIT` comes after it.
+    let rows = match query.build().fetch_all(&mut *conn).await {
         Ok(rows) => rows,
         Err(sqlx::Error::Database(error))
             if error.kind() == sqlx::error::ErrorKind::UniqueViolation =>
@@ -406,45 +453,36 @@ async fn append_fast(
         }
         Err(error) => return Err(error.into()),
     };
-    if rows.is_empty() {
+    let [row] = rows.as_slice() else {
+        return Err(StoreError::Internal(format!(
+            "the fast append answered {} rows, not one",
+            rows.len()
+        )));
+    };
+    let inserted: i64 = row.try_get(0)?;
+    if inserted == 0 {
         return Ok(None);
     }
-    let mut positions = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        positions.insert(
-            row.try_get::<Uuid, _>(1)?,
-            to_u64(row.try_get(0)?, "global_position")?,
-        );
+    let head = to_u64(row.try_get(1)?, "global_position")?;
+    if inserted != n {
+        return Err(StoreError::Internal(format!(
+            "the fast append stored {inserted} of {n} rows"
+        )));
     }
-    // The positions must follow the batch's order with no gap; anything else is refused (and
-    // rolled back with the transaction) rather than stored out of order.
+    // Row k of the batch went to position head - n + 1 + k.
+    let first_of_batch = head + 1 - n as u64;
     let mut results = Vec::with_capacity(batch.len());
-    let mut expected: Option<u64> = None;
+    let mut position = first_of_batch;
     for (request, &(stream, offset, len)) in batch.iter().zip(&fast.requests) {
-        let mut first = None;
-        let mut last = None;
-        for event in &request.events {
-            let position = positions.get(&event.event_id).copied();
-            match (position, expected) {
-                (Some(p), Some(e)) if p == e => {}
-                (Some(p), None) => expected = Some(p),
-                _ => {
-                    return Err(StoreError::Internal(
-                        "the fast append stored rows out of the batch's order".into(),
-                    ));
-                }
-            }
-            first = first.or(position);
-            last = position;
-            expected = expected.map(|e| e + 1);
-        }
+        let count = request.events.len() as u64;
         let base = u64::try_from(fast.bases[stream]).unwrap_or_default();
         results.push(Ok(Appended {
             version: base + offset + len as u64,
-            first_position: first,
-            last_position: last,
+            first_position: (count > 0).then_some(position),
+            last_position: (count > 0).then(|| position + count - 1),
             recorded_at,
         }));
+        position += count;
     }
     Ok(Some(results))
 }

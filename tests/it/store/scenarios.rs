@@ -936,3 +936,55 @@ pub async fn a_batch_of_a_thousand_streams_commits(store: Store) {
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(store.head().await.unwrap(), 1_000);
 }
+
+/// An append whose caller gives up on it at any point (its future dropped, as when a task is
+/// cancelled or times out) stores all of its events or none, and the store carries on: the
+/// next append, a snapshot and the reads all work, and the global order has no gap. (A cut-off
+/// append may still land after the cut, as its commit may already be on its way: so each check
+/// reads the whole store in one statement, one consistent view.)
+pub async fn an_append_cut_off_at_any_point_stores_all_or_nothing(store: Store) {
+    for cut in 0u64..100 {
+        let batch: Vec<AppendRequest> = (0..4)
+            .map(|s| {
+                request(
+                    &pot(&format!("cut-{cut}-{s}")),
+                    ExpectedVersion::Exact(0),
+                    (0..3).map(pruned).collect(),
+                )
+            })
+            .collect();
+        let deadline = std::time::Duration::from_micros(cut * 20);
+        let _ = tokio::time::timeout(deadline, store.append_batch(&batch)).await;
+        // Whatever the cut left behind, the next append and a snapshot go through.
+        let after = append_n(&store, &pot(&format!("after-{cut}")), 0, 1).await;
+        assert_eq!(after.version, 1);
+        store
+            .save_snapshot(
+                &Snapshot {
+                    stream: pot(&format!("after-{cut}")),
+                    sequence: 1,
+                    revision: 1,
+                    format: PayloadFormat::MessagePack,
+                    payload: vec![1, 2, 3],
+                    recorded_at: after.recorded_at,
+                },
+                2,
+            )
+            .await
+            .unwrap();
+        let all = store.read_all(1, 100_000).await.unwrap();
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+        for earlier in 0..=cut {
+            let prefix = format!("cut-{earlier}-");
+            let landed = all
+                .iter()
+                .filter(|e| e.stream.aggregate_id.starts_with(&prefix))
+                .count();
+            assert!(
+                landed == 0 || landed == 12,
+                "cut batch {earlier} landed in part: {landed} of 12 events"
+            );
+        }
+    }
+}
