@@ -63,6 +63,11 @@ pub fn postgres_migrator() -> Migrator {
             "fast append relies on the unique event id",
             include_str!("../../migrations/postgres/0006_fast_append_unique.sql"),
         ),
+        (
+            7,
+            "fast append keeps its plans",
+            include_str!("../../migrations/postgres/0007_fast_append_cached_plan.sql"),
+        ),
     ])
 }
 

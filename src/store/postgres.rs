@@ -76,6 +76,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         Self::with_pool(pool).await
