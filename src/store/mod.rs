@@ -20,6 +20,7 @@
 //!   stores nothing.
 
 pub mod codec;
+mod group_commit;
 pub mod ids;
 mod memory;
 mod migrate;

@@ -27,6 +27,7 @@
 //! Must not touch: actors, projections, typed events.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,6 +36,7 @@ use sqlx::{PgPool, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
+use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
@@ -67,6 +69,8 @@ const INSERT_SQL: &str = "\
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Concurrent appends share transactions (they would queue on the counter's lock anyway).
+    group: Arc<GroupCommit>,
 }
 
 impl PostgresStore {
@@ -85,7 +89,10 @@ impl PostgresStore {
     /// Uses an existing pool, running the migrations first.
     pub async fn with_pool(pool: PgPool) -> Result<Self, StoreError> {
         postgres_migrator().run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            group: Arc::default(),
+        })
     }
 
     /// The pool, for hosts that keep their own tables in the same database.
@@ -122,12 +129,9 @@ fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 #[async_trait]
-impl EventStore for PostgresStore {
-    #[instrument(skip_all, fields(requests = batch.len()), err)]
-    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
+impl AppendNow for PostgresStore {
+    /// One batch in one transaction (the group commit's unit of work).
+    async fn append_now(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         // The common case in one round trip; anything unusual (a conflict, a stored id, an
         // empty or invalid request, a broken chain) is planned in full.
         if let Some(fast) = FastBatch::prepare(batch) {
@@ -136,6 +140,17 @@ impl EventStore for PostgresStore {
             }
         }
         self.append_planned(batch).await
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    #[instrument(skip_all, fields(requests = batch.len()), err)]
+    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.group.append(self, batch).await
     }
 
     #[instrument(skip_all, fields(stream = %stream, from, to), err)]

@@ -23,6 +23,7 @@ use sqlx::{Connection, Executor, QueryBuilder, Row, Sqlite, SqlitePool};
 use tracing::instrument;
 use uuid::Uuid;
 
+use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
@@ -48,6 +49,8 @@ pub struct SqliteStore {
     /// use means that append was cut off (its future dropped) and may have left its transaction
     /// open, so the next use rolls it back first.
     unsettled: Arc<AtomicBool>,
+    /// Concurrent appends share transactions (SQLite has one writer anyway).
+    group: Arc<GroupCommit>,
 }
 
 impl SqliteStore {
@@ -85,6 +88,7 @@ impl SqliteStore {
             writer,
             reader,
             unsettled: Arc::default(),
+            group: Arc::default(),
         })
     }
 
@@ -139,12 +143,9 @@ fn record(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
 }
 
 #[async_trait]
-impl EventStore for SqliteStore {
-    #[instrument(skip_all, fields(requests = batch.len()), err)]
-    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
+impl AppendNow for SqliteStore {
+    /// One batch in one transaction (the group commit's unit of work).
+    async fn append_now(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         let mut conn = self.writer().await?;
         // The common case in one round trip to SQLite; anything unusual (a conflict, a stored
         // id, an expectation of any version, an empty or invalid request) is planned in full, in
@@ -217,6 +218,17 @@ impl EventStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(planned.results)
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    #[instrument(skip_all, fields(requests = batch.len()), err)]
+    async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.group.append(self, batch).await
     }
 
     #[instrument(skip_all, fields(stream = %stream, from, to), err)]
