@@ -219,7 +219,12 @@ fn event_row(stream: &str, sequence: usize) -> (String, i64, Uuid, Vec<u8>) {
             unit_price_cents: 1000,
         })
         .unwrap();
-    (stream.to_owned(), sequence as i64, Uuid::new_v4(), payload)
+    (
+        stream.to_owned(),
+        sequence as i64,
+        nursery::store::ids::fresh(),
+        payload,
+    )
 }
 
 async fn raw_sqlite(pool: sqlx::SqlitePool) {

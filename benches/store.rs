@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 fn event() -> NewEvent {
     NewEvent {
-        event_id: Uuid::new_v4(),
+        event_id: nursery::store::ids::fresh(),
         event_type: "ItemAdded".into(),
         revision: 1,
         format: PayloadFormat::MessagePack,
@@ -36,7 +36,7 @@ fn event() -> NewEvent {
             .encode(&serde_json::json!({"product_id": "monstera", "quantity": 2, "unit_price_cents": 1000}))
             .unwrap(),
         metadata: Metadata {
-            command_id: Some(Uuid::new_v4()),
+            command_id: Some(nursery::store::ids::fresh()),
             correlation_id: Some(Uuid::new_v4()),
             customer_id: Some("alice".into()),
             ..Metadata::default()

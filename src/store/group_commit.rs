@@ -55,8 +55,10 @@ struct State {
     waiting: VecDeque<Waiter>,
 }
 
-/// The most events one round carries; further batches wait for the next round.
-const MAX_ROUND_EVENTS: usize = 8_192;
+/// The most events one round carries (a lone batch may exceed it); further batches wait for
+/// the next round. Small enough that a round of one-event appends stays within SQLite's
+/// one-statement append (11 parameters an event).
+const MAX_ROUND_EVENTS: usize = 2_048;
 
 /// Groups concurrent appends of one store into shared transactions.
 #[derive(Default)]

@@ -59,6 +59,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends the requests of a batch in one transaction (group commit). Each request succeeds
     /// or fails on its own (a conflict or a duplicate fails only its request); the outer error
     /// means the transaction itself failed and nothing of the batch is stored.
+    ///
+    /// The SQL stores also group concurrent calls: batches that arrive while one commits share
+    /// the next transaction (never two batches on a common stream), and each caller gets the
+    /// results of its own requests, as if it had appended alone.
     async fn append_batch(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError>;
 
     /// Reads up to `max` events of one stream with `from <= sequence <= to`, in order.

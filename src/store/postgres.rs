@@ -139,8 +139,24 @@ impl AppendNow for PostgresStore {
                 return Ok(results);
             }
         }
-        self.append_planned(batch).await
+        let store = self.clone();
+        let batch = batch.to_vec();
+        to_the_end(async move { store.append_planned(&batch).await }).await
     }
+}
+
+/// Runs a transaction in a task of its own, so that it reaches its commit or rollback even when
+/// its caller gives up. sqlx's `begin` is not cancel-safe: dropped between sending `BEGIN` and
+/// returning, it leaves the pooled connection inside a transaction it does not know about, and
+/// the next autocommit append on that connection would then hold the append lock without ever
+/// committing (the cut-off conformance case caught exactly that). The one-statement append runs
+/// in autocommit and needs no task.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(work).await.map_err(|error| {
+        StoreError::Internal(format!("a store transaction's task failed: {error}"))
+    })?
 }
 
 #[async_trait]
@@ -209,41 +225,9 @@ impl EventStore for PostgresStore {
 
     #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A snapshot is a cache of its events: its commit need not wait for the disk (that wait
-        // would compete with the appends'). A crash may lose the latest snapshot, never its
-        // events; the next load folds a few more events.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO snapshots (aggregate_type, aggregate_id, sequence, payload_revision, \
-             payload_format, recorded_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (aggregate_type, aggregate_id, sequence) DO UPDATE SET \
-             payload_revision = EXCLUDED.payload_revision, payload_format = EXCLUDED.payload_format, \
-             recorded_at = EXCLUDED.recorded_at, payload = EXCLUDED.payload",
-        )
-        .bind(snapshot.stream.aggregate_type.as_str())
-        .bind(snapshot.stream.aggregate_id.as_str())
-        .bind(to_i64(snapshot.sequence, "sequence")?)
-        .bind(i32::try_from(snapshot.revision).unwrap_or(i32::MAX))
-        .bind(snapshot.format.code())
-        .bind(snapshot.recorded_at.timestamp_micros())
-        .bind(snapshot.payload.as_slice())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence NOT IN \
-             (SELECT sequence FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
-              ORDER BY sequence DESC LIMIT $3)",
-        )
-        .bind(snapshot.stream.aggregate_type.as_str())
-        .bind(snapshot.stream.aggregate_id.as_str())
-        .bind(clamp(keep.max(1) as u64))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let store = self.clone();
+        let snapshot = snapshot.clone();
+        to_the_end(async move { store.save_snapshot_now(&snapshot, keep).await }).await
     }
 
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
@@ -293,6 +277,45 @@ impl EventStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Saves a snapshot and prunes the older ones, in one transaction.
+    async fn save_snapshot_now(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A snapshot is a cache of its events: its commit need not wait for the disk (that wait
+        // would compete with the appends'). A crash may lose the latest snapshot, never its
+        // events; the next load folds a few more events.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, sequence, payload_revision, \
+             payload_format, recorded_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (aggregate_type, aggregate_id, sequence) DO UPDATE SET \
+             payload_revision = EXCLUDED.payload_revision, payload_format = EXCLUDED.payload_format, \
+             recorded_at = EXCLUDED.recorded_at, payload = EXCLUDED.payload",
+        )
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(to_i64(snapshot.sequence, "sequence")?)
+        .bind(i32::try_from(snapshot.revision).unwrap_or(i32::MAX))
+        .bind(snapshot.format.code())
+        .bind(snapshot.recorded_at.timestamp_micros())
+        .bind(snapshot.payload.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence NOT IN \
+             (SELECT sequence FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
+              ORDER BY sequence DESC LIMIT $3)",
+        )
+        .bind(snapshot.stream.aggregate_type.as_str())
+        .bind(snapshot.stream.aggregate_id.as_str())
+        .bind(clamp(keep.max(1) as u64))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Plans a batch in full under the append lock (src/store/plan.rs) and writes what it allows.
     async fn append_planned(
         &self,

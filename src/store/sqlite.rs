@@ -104,6 +104,22 @@ impl SqliteStore {
         Ok(conn)
     }
 
+    /// Marks the writer busy with a statement list that opens and commits its own transaction
+    /// (one round trip to the driver's worker instead of one per statement).
+    fn open_round_trip(&self) {
+        self.unsettled.store(true, Ordering::SeqCst);
+    }
+
+    /// Settles a statement list: after an error its transaction may still be open (a
+    /// constraint's `OR ROLLBACK` ends it, other errors may not), so it is rolled back.
+    async fn close_round_trip(&self, conn: &mut sqlx::SqliteConnection, failed: bool) {
+        if failed {
+            // Fails harmlessly ("no transaction is active") when nothing was left open.
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        self.unsettled.store(false, Ordering::SeqCst);
+    }
+
     /// The pool that writes (a single connection), for hosts that keep their own tables in the
     /// same file and want them in one transaction order with the store.
     pub fn writer_pool(&self) -> &SqlitePool {
@@ -151,73 +167,19 @@ impl AppendNow for SqliteStore {
         // id, an expectation of any version, an empty or invalid request) is planned in full, in
         // a transaction of its own.
         if let Some(fast) = FastBatch::prepare(batch).filter(|f| fits_one_statement(f)) {
-            self.unsettled.store(true, Ordering::SeqCst);
+            self.open_round_trip();
             let outcome = append_fast(&mut conn, &fast, batch).await;
-            if outcome.is_err() {
-                // An error other than a constraint's (which `OR ROLLBACK` answered) may leave
-                // the transaction open.
-                let _ = conn.execute("ROLLBACK").await;
-            }
-            self.unsettled.store(false, Ordering::SeqCst);
+            self.close_round_trip(&mut conn, outcome.is_err()).await;
             if let Some(results) = outcome? {
                 return Ok(results);
             }
         }
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-
-        let streams = batch_streams(batch);
-        let ids = batch_event_ids(batch);
-        let (versions, stored, head) = read_current(&mut tx, &streams, &ids).await?;
-        let recorded_at = stored_now();
-        let planned = plan(batch, versions, stored, head, recorded_at);
-        if planned.rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(planned.results);
-        }
-
-        let now = recorded_at.timestamp_micros();
-        let mut metadata = Vec::with_capacity(planned.rows.len());
-        for row in &planned.rows {
-            metadata.push(row.event.metadata.to_json()?);
-        }
-        for (rows, metadata) in planned
-            .rows
-            .chunks(MAX_PARAMS / 11)
-            .zip(metadata.chunks(MAX_PARAMS / 11))
-        {
-            let mut query = QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-            let mut failed = None;
-            query.push_values(rows.iter().zip(metadata), |mut values, (row, metadata)| {
-                let (position, sequence) = match (
-                    to_i64(row.position, "position"),
-                    to_i64(row.sequence, "sequence"),
-                ) {
-                    (Ok(p), Ok(s)) => (p, s),
-                    (Err(e), _) | (_, Err(e)) => {
-                        failed = Some(e);
-                        (0, 0)
-                    }
-                };
-                values
-                    .push_bind(position)
-                    .push_bind(row.stream.aggregate_type.as_str())
-                    .push_bind(row.stream.aggregate_id.as_str())
-                    .push_bind(sequence)
-                    .push_bind(row.event.event_id)
-                    .push_bind(row.event.event_type.as_str())
-                    .push_bind(i64::from(row.event.revision))
-                    .push_bind(i64::from(row.event.format.code()))
-                    .push_bind(now)
-                    .push_bind(metadata.as_str())
-                    .push_bind(row.event.payload.as_slice());
-            });
-            if let Some(error) = failed {
-                return Err(error);
-            }
-            query.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(planned.results)
+        // Flagged like a statement list: a caller that gives up between `BEGIN` and the end
+        // (sqlx's `begin` is not cancel-safe) leaves the next use of the writer to roll back.
+        self.open_round_trip();
+        let outcome = append_planned(&mut conn, batch).await;
+        self.close_round_trip(&mut conn, outcome.is_err()).await;
+        outcome
     }
 }
 
@@ -287,34 +249,36 @@ impl EventStore for SqliteStore {
 
     #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
+        let sequence = to_i64(snapshot.sequence, "sequence")?;
         let mut conn = self.writer().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT OR REPLACE INTO snapshots (aggregate_type, aggregate_id, sequence, \
-             payload_revision, payload_format, recorded_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        // Saved and pruned in one transaction, sent in one round trip: the writer is the
+        // appends' too, so a snapshot should hold it as briefly as it can.
+        self.open_round_trip();
+        let outcome = sqlx::query(
+            "BEGIN IMMEDIATE; \
+             INSERT OR REPLACE INTO snapshots (aggregate_type, aggregate_id, sequence, \
+             payload_revision, payload_format, recorded_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?); \
+             DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ? AND sequence NOT IN \
+             (SELECT sequence FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ? \
+              ORDER BY sequence DESC LIMIT ?); \
+             COMMIT",
         )
         .bind(snapshot.stream.aggregate_type.as_str())
         .bind(snapshot.stream.aggregate_id.as_str())
-        .bind(to_i64(snapshot.sequence, "sequence")?)
+        .bind(sequence)
         .bind(i64::from(snapshot.revision))
         .bind(i64::from(snapshot.format.code()))
         .bind(snapshot.recorded_at.timestamp_micros())
         .bind(snapshot.payload.as_slice())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ? AND sequence NOT IN \
-             (SELECT sequence FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ? \
-              ORDER BY sequence DESC LIMIT ?)",
-        )
         .bind(snapshot.stream.aggregate_type.as_str())
         .bind(snapshot.stream.aggregate_id.as_str())
         .bind(snapshot.stream.aggregate_type.as_str())
         .bind(snapshot.stream.aggregate_id.as_str())
         .bind(clamp(keep.max(1) as u64))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .execute(&mut *conn)
+        .await;
+        self.close_round_trip(&mut conn, outcome.is_err()).await;
+        outcome?;
         Ok(())
     }
 
@@ -360,6 +324,69 @@ impl EventStore for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
+}
+
+/// A batch planned in full (`plan.rs`) under `BEGIN IMMEDIATE`: for what the one-statement path
+/// does not take (a conflict, a stored id, an expectation of any version, an invalid request).
+async fn append_planned(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[AppendRequest],
+) -> Result<Vec<AppendResult>, StoreError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+
+    let streams = batch_streams(batch);
+    let ids = batch_event_ids(batch);
+    let (versions, stored, head) = read_current(&mut tx, &streams, &ids).await?;
+    let recorded_at = stored_now();
+    let planned = plan(batch, versions, stored, head, recorded_at);
+    if planned.rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(planned.results);
+    }
+
+    let now = recorded_at.timestamp_micros();
+    let mut metadata = Vec::with_capacity(planned.rows.len());
+    for row in &planned.rows {
+        metadata.push(row.event.metadata.to_json()?);
+    }
+    for (rows, metadata) in planned
+        .rows
+        .chunks(MAX_PARAMS / 11)
+        .zip(metadata.chunks(MAX_PARAMS / 11))
+    {
+        let mut query = QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        let mut failed = None;
+        query.push_values(rows.iter().zip(metadata), |mut values, (row, metadata)| {
+            let (position, sequence) = match (
+                to_i64(row.position, "position"),
+                to_i64(row.sequence, "sequence"),
+            ) {
+                (Ok(p), Ok(s)) => (p, s),
+                (Err(e), _) | (_, Err(e)) => {
+                    failed = Some(e);
+                    (0, 0)
+                }
+            };
+            values
+                .push_bind(position)
+                .push_bind(row.stream.aggregate_type.as_str())
+                .push_bind(row.stream.aggregate_id.as_str())
+                .push_bind(sequence)
+                .push_bind(row.event.event_id)
+                .push_bind(row.event.event_type.as_str())
+                .push_bind(i64::from(row.event.revision))
+                .push_bind(i64::from(row.event.format.code()))
+                .push_bind(now)
+                .push_bind(metadata.as_str())
+                .push_bind(row.event.payload.as_slice());
+        });
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        query.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(planned.results)
 }
 
 type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
@@ -449,8 +476,7 @@ async fn append_fast(
     }
     query.push(
         ") AS s WHERE COALESCE((SELECT MAX(e.sequence) FROM events e \
-         WHERE e.aggregate_type = s.column1 AND e.aggregate_id = s.column2), 0) <> s.column3) \
-         ORDER BY v.column1; \
+         WHERE e.aggregate_type = s.column1 AND e.aggregate_id = s.column2), 0) <> s.column3); \
          SELECT changes(), (SELECT COALESCE(MAX(global_position), 0) FROM events); \
          COMMIT",
     );

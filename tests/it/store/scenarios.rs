@@ -939,7 +939,8 @@ pub async fn a_batch_of_a_thousand_streams_commits(store: Store) {
 
 /// An append whose caller gives up on it at any point (its future dropped, as when a task is
 /// cancelled or times out) stores all of its events or none, and the store carries on: the
-/// next append, a snapshot and the reads all work, and the global order has no gap. (A cut-off
+/// next append, a snapshot and the reads all work, and the global order has no gap; so does a
+/// snapshot save cut off the same way. (A cut-off
 /// append may still land after the cut, as its commit may already be on its way: so each check
 /// reads the whole store in one statement, one consistent view.)
 pub async fn an_append_cut_off_at_any_point_stores_all_or_nothing(store: Store) {
@@ -955,6 +956,16 @@ pub async fn an_append_cut_off_at_any_point_stores_all_or_nothing(store: Store) 
             .collect();
         let deadline = std::time::Duration::from_micros(cut * 20);
         let _ = tokio::time::timeout(deadline, store.append_batch(&batch)).await;
+        // A snapshot save cut off the same way (it shares the SQLite writer with appends).
+        let cut_snapshot = Snapshot {
+            stream: pot(&format!("cut-{cut}-0")),
+            sequence: 3,
+            revision: 1,
+            format: PayloadFormat::MessagePack,
+            payload: vec![9; 64],
+            recorded_at: chrono::Utc::now(),
+        };
+        let _ = tokio::time::timeout(deadline, store.save_snapshot(&cut_snapshot, 2)).await;
         // Whatever the cut left behind, the next append and a snapshot go through.
         let after = append_n(&store, &pot(&format!("after-{cut}")), 0, 1).await;
         assert_eq!(after.version, 1);
