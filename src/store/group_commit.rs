@@ -14,10 +14,13 @@
 //!   later requests of its stream in a batch, and one caller's failure must not fail another's
 //!   request), so a later one waits for a later round, in arrival order.
 //! - When a shared transaction fails as a whole, each caller's batch is committed again alone,
-//!   so one caller's bad batch (an oversized payload, say) fails only that caller.
+//!   so one caller's bad batch (an oversized payload, say) fails only that caller. When it
+//!   failed because the database could not be reached, every caller gets that error at once.
 //! - A leader cut off mid-commit (its future dropped) hands the lead on; the callers it was
 //!   carrying append their batch again. That retry is exact (same streams, ids and versions),
 //!   so a batch the cut-off commit had stored is answered as the first append, not stored twice.
+//! - Callers must be polled, as with any lock: the lead passes to the first waiter, so a future
+//!   kept but never polled again would hold the queue up.
 //!
 //! Must not touch: SQL. The store's own `append` does the work; this module only groups calls.
 
@@ -139,6 +142,14 @@ impl GroupCommit {
                 }
                 Ok(results)
             }
+            Err(error) if is_outage(&error) => {
+                // The database is away: every batch of the round would fail alike, and trying
+                // each alone would only keep the queue waiting behind one timeout per batch.
+                for rider in riders {
+                    let _ = rider.turn.send(Turn::Done(Err(outage(&error))));
+                }
+                Err(error)
+            }
             Err(_) => {
                 // Each batch again on its own, so the failure stays with whoever caused it.
                 for rider in riders {
@@ -201,6 +212,18 @@ impl GroupCommit {
         }
         state.leading = false;
     }
+}
+
+/// Whether a round failed because the database could not be reached (no connection, a pool
+/// timeout, a crashed driver), not because of something in a batch (the database refusing a
+/// statement answers a `Database` error).
+fn is_outage(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(cause) if !matches!(cause, sqlx::Error::Database(_)))
+}
+
+/// The outage as each rider's own error (the driver's errors do not clone).
+fn outage(error: &StoreError) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(error.to_string())))
 }
 
 /// The lead, held while a round commits; handed on when the round ends, however it ends (a
@@ -282,6 +305,9 @@ mod tests {
             self.transactions.fetch_add(1, Ordering::SeqCst);
             if batch.iter().any(|r| r.stream.aggregate_id == "poison") {
                 return Err(StoreError::InvalidInput("poisoned batch".into()));
+            }
+            if batch.iter().any(|r| r.stream.aggregate_id == "outage") {
+                return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
             }
             self.store.append_batch(batch).await
         }
@@ -489,5 +515,35 @@ mod tests {
         assert!(!group.lock().leading, "the lead was laid down, not lost");
         let after = group.append(&store, &one("after", 0)).await.unwrap();
         assert_eq!(after[0].as_ref().unwrap().version, 1);
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_the_whole_round_at_once() {
+        let gate = Arc::new(Semaphore::new(0));
+        let store = Arc::new(Gated {
+            gate: Some(Arc::clone(&gate)),
+            ..Gated::default()
+        });
+        let group = Arc::new(GroupCommit::default());
+        let lead = callers(&group, &store, vec![one("lead", 0)]);
+        queued(&group, 0).await;
+        let riders = callers(
+            &group,
+            &store,
+            vec![one("outage", 0), one("a", 0), one("b", 0)],
+        );
+        queued(&group, 3).await;
+        gate.add_permits(100);
+        lead.into_iter().next().unwrap().await.unwrap().unwrap();
+        for rider in riders {
+            let outcome = rider.await.unwrap();
+            assert!(
+                matches!(outcome, Err(ref e) if e.is_transient()),
+                "{outcome:?}"
+            );
+        }
+        // The leader's transaction and the failed round: no batch was tried again alone.
+        assert_eq!(store.transactions.load(Ordering::SeqCst), 2);
+        assert!(!group.lock().leading);
     }
 }

@@ -64,6 +64,8 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let unsettled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&unsettled);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -71,6 +73,15 @@ impl SqliteStore {
             .max_lifetime(None)
             // A connection to a local file does not go stale: no ping before each use.
             .test_before_acquire(false)
+            // Every user of the writer (the store, the SQLite read store, a host) gets it back
+            // outside any transaction, whoever cut a transaction off.
+            .after_release(move |conn, _| {
+                let flag = Arc::clone(&flag);
+                Box::pin(async move {
+                    settle(conn, &flag).await;
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         sqlite_migrator().run(&writer).await?;
@@ -87,7 +98,7 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader,
-            unsettled: Arc::default(),
+            unsettled,
             group: Arc::default(),
         })
     }
@@ -96,11 +107,9 @@ impl SqliteStore {
     /// back (its rows were never acknowledged).
     async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
         let mut conn = self.writer.acquire().await?;
-        if self.unsettled.load(Ordering::SeqCst) {
-            // Fails harmlessly ("no transaction is active") when the append had finished.
-            let _ = conn.execute("ROLLBACK").await;
-            self.unsettled.store(false, Ordering::SeqCst);
-        }
+        // The release hook settles a cut-off caller's transaction; this covers a release whose
+        // hook never ran (its task dropped with the runtime).
+        settle(&mut conn, &self.unsettled).await;
         Ok(conn)
     }
 
@@ -387,6 +396,25 @@ async fn append_planned(
     }
     tx.commit().await?;
     Ok(planned.results)
+}
+
+/// Ends a transaction a cut-off caller left open on the writer connection. Two kinds: a
+/// `begin` cut off after its `BEGIN` (sqlx counts the transaction but nobody will end it), and
+/// a statement list cut off between its `BEGIN` and `COMMIT` (flagged by `unsettled`; sqlx does
+/// not count it). sqlx's own rollback goes first: once SQLite has no transaction, it would fail
+/// and leave sqlx's count up, and every later `begin` would fail.
+async fn settle(conn: &mut sqlx::SqliteConnection, unsettled: &AtomicBool) {
+    if conn.is_in_transaction() {
+        let _ =
+            <<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::rollback(
+                conn,
+            )
+            .await;
+    }
+    if unsettled.swap(false, Ordering::SeqCst) {
+        // Fails harmlessly ("no transaction is active") when the list had finished.
+        let _ = conn.execute("ROLLBACK").await;
+    }
 }
 
 type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);

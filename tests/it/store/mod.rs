@@ -132,6 +132,75 @@ mod lost_snapshots {
     }
 }
 
+/// The SQLite writer connection is shared: the store, the SQLite read store and hosts
+/// (`writer_pool`) all use it. Whatever a cut-off caller left open there (a statement list
+/// between its `BEGIN` and `COMMIT`, or a sqlx `begin` cut off after its `BEGIN`), the next
+/// user gets the connection outside any transaction.
+mod sqlite_writer {
+    use std::time::Duration;
+
+    use nursery::store::{
+        AppendRequest, EventStore, EventStoreExt, ExpectedVersion, Metadata, NewEvent,
+        PayloadFormat, SqliteStore, StreamId,
+    };
+    use sqlx::Connection;
+
+    fn watered(stream: &str) -> AppendRequest {
+        AppendRequest {
+            stream: StreamId::new("Pot", stream),
+            expected: ExpectedVersion::Exact(0),
+            events: vec![NewEvent {
+                event_id: nursery::store::ids::fresh(),
+                event_type: "Watered".into(),
+                revision: 1,
+                format: PayloadFormat::Json,
+                payload: b"{}".to_vec(),
+                metadata: Metadata::default(),
+            }],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cut_off_callers_leave_the_shared_writer_outside_any_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let pool = store.writer_pool().clone();
+        for cut in 0u64..100 {
+            let deadline = Duration::from_micros(cut * 20);
+            // An append cut off, then a host's transaction straight on the pool.
+            let batch = vec![watered(&format!("cut-{cut}"))];
+            let _ = tokio::time::timeout(deadline, store.append_batch(&batch)).await;
+            let mut conn = pool.acquire().await.unwrap();
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("SELECT COUNT(*) FROM events")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            drop(conn);
+            // A host's begin cut off, then the store appends.
+            let _ = tokio::time::timeout(deadline / 4, async {
+                let mut conn = pool.acquire().await?;
+                let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(tx);
+                Ok::<_, sqlx::Error>(())
+            })
+            .await;
+            let after = store
+                .append(watered(&format!("after-{cut}")))
+                .await
+                .unwrap();
+            assert_eq!(after.version, 1);
+        }
+        let all = store.read_all(1, 10_000).await.unwrap();
+        let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+        assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
+        assert!(all.len() >= 100);
+    }
+}
+
 macro_rules! all_backends {
     ($($scenario:ident),+ $(,)?) => {
         conformance!(memory: $($scenario),+);
