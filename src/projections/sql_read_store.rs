@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 
 use super::read_store::{Commit, DeadLetter, ReadStore, StoredResponse, like_prefix};
-use crate::store::{PostgresStore, SqliteStore, StoreError, StreamId};
+use crate::store::{PostgresStore, SqliteStore, StoreError, StreamId, to_the_end};
 
 /// Projection state in the SQLite file of a [`SqliteStore`].
 #[derive(Clone)]
@@ -41,6 +41,140 @@ pub struct PostgresReadStore {
 }
 
 impl PostgresReadStore {
+    /// A commit's transaction (run in a task of its own by `commit`).
+    async fn commit_now(&self, commit: Commit<'_>) -> Result<(), StoreError> {
+        let generation = i32::try_from(commit.generation).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        if let Some((name, epoch)) = &self.fence {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT epoch FROM processor_leaders WHERE name = $1 FOR SHARE")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if current != Some(*epoch) {
+                return Err(StoreError::Fenced(format!(
+                    "{name}: this process led at epoch {epoch}, the lead is now at {current:?}"
+                )));
+            }
+        }
+        let (puts, deletes): (Vec<_>, Vec<_>) =
+            commit.writes.iter().partition(|(_, body)| body.is_some());
+        if !puts.is_empty() {
+            let keys: Vec<&str> = puts.iter().map(|(k, _)| k.as_str()).collect();
+            let bodies: Vec<String> = puts
+                .iter()
+                .filter_map(|(_, b)| b.as_ref().map(Value::to_string))
+                .collect();
+            sqlx::query("INSERT INTO documents (projection, generation, key, body) \
+                         SELECT $1, $2, k, b::jsonb FROM unnest($3::text[], $4::text[]) AS u(k, b) \
+                         ON CONFLICT (projection, generation, key) DO UPDATE SET body = EXCLUDED.body")
+                .bind(commit.name)
+                .bind(generation)
+                .bind(&keys)
+                .bind(&bodies)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !deletes.is_empty() {
+            let keys: Vec<&str> = deletes.iter().map(|(k, _)| k.as_str()).collect();
+            sqlx::query(
+                "DELETE FROM documents WHERE projection = $1 AND generation = $2 AND key = ANY($3)",
+            )
+            .bind(commit.name)
+            .bind(generation)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("INSERT INTO checkpoints (name, generation, position, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (name, generation) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at")
+            .bind(commit.name)
+            .bind(generation)
+            .bind(pos(commit.position))
+            .bind(Utc::now().timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        let now = Utc::now().timestamp_micros();
+        for letter in &commit.park {
+            sqlx::query("INSERT INTO dead_letters (processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, parked_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (processor, position) DO NOTHING")
+                .bind(commit.name)
+                .bind(pos(letter.position))
+                .bind(letter.stream.aggregate_type.as_str())
+                .bind(letter.stream.aggregate_id.as_str())
+                .bind(pos(letter.sequence))
+                .bind(letter.event_type.as_str())
+                .bind(letter.error.as_str())
+                .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+                .bind(letter.parked)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !commit.resolve.is_empty() {
+            sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
+                .bind(&commit.resolve)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !commit.skip.is_empty() {
+            sqlx::query("UPDATE dead_letters SET skipped = TRUE WHERE id = ANY($1)")
+                .bind(&commit.skip)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if commit.fail_before_commit {
+            tx.rollback().await?;
+            return Err(StoreError::Internal(
+                "crash point: failed before commit".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Makes a generation the active one and drops the others, in one transaction.
+    async fn promote_now(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO processors (name, active_generation) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET active_generation = EXCLUDED.active_generation")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM documents WHERE projection = $1 AND generation <> $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1 AND generation <> $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drops a generation, in one transaction.
+    async fn discard_now(&self, name: &str, generation: u32) -> Result<(), StoreError> {
+        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM documents WHERE projection = $1 AND generation = $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1 AND generation = $2")
+            .bind(name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The read store beside `store`'s events (its migrations have run).
     pub fn new(store: &PostgresStore) -> Self {
         Self {
@@ -476,94 +610,34 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
-        let generation = i32::try_from(commit.generation).unwrap_or(i32::MAX);
-        let mut tx = self.pool.begin().await?;
-        if let Some((name, epoch)) = &self.fence {
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT epoch FROM processor_leaders WHERE name = $1 FOR SHARE")
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if current != Some(*epoch) {
-                return Err(StoreError::Fenced(format!(
-                    "{name}: this process led at epoch {epoch}, the lead is now at {current:?}"
-                )));
-            }
-        }
-        let (puts, deletes): (Vec<_>, Vec<_>) =
-            commit.writes.iter().partition(|(_, body)| body.is_some());
-        if !puts.is_empty() {
-            let keys: Vec<&str> = puts.iter().map(|(k, _)| k.as_str()).collect();
-            let bodies: Vec<String> = puts
-                .iter()
-                .filter_map(|(_, b)| b.as_ref().map(Value::to_string))
-                .collect();
-            sqlx::query("INSERT INTO documents (projection, generation, key, body) \
-                         SELECT $1, $2, k, b::jsonb FROM unnest($3::text[], $4::text[]) AS u(k, b) \
-                         ON CONFLICT (projection, generation, key) DO UPDATE SET body = EXCLUDED.body")
-                .bind(commit.name)
-                .bind(generation)
-                .bind(&keys)
-                .bind(&bodies)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !deletes.is_empty() {
-            let keys: Vec<&str> = deletes.iter().map(|(k, _)| k.as_str()).collect();
-            sqlx::query(
-                "DELETE FROM documents WHERE projection = $1 AND generation = $2 AND key = ANY($3)",
-            )
-            .bind(commit.name)
-            .bind(generation)
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("INSERT INTO checkpoints (name, generation, position, updated_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (name, generation) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at")
-            .bind(commit.name)
-            .bind(generation)
-            .bind(pos(commit.position))
-            .bind(Utc::now().timestamp_micros())
-            .execute(&mut *tx)
-            .await?;
-        let now = Utc::now().timestamp_micros();
-        for letter in &commit.park {
-            sqlx::query("INSERT INTO dead_letters (processor, position, aggregate_type, aggregate_id, sequence, event_type, error, attempts, parked, parked_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (processor, position) DO NOTHING")
-                .bind(commit.name)
-                .bind(pos(letter.position))
-                .bind(letter.stream.aggregate_type.as_str())
-                .bind(letter.stream.aggregate_id.as_str())
-                .bind(pos(letter.sequence))
-                .bind(letter.event_type.as_str())
-                .bind(letter.error.as_str())
-                .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
-                .bind(letter.parked)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !commit.resolve.is_empty() {
-            sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
-                .bind(&commit.resolve)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !commit.skip.is_empty() {
-            sqlx::query("UPDATE dead_letters SET skipped = TRUE WHERE id = ANY($1)")
-                .bind(&commit.skip)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if commit.fail_before_commit {
-            tx.rollback().await?;
-            return Err(StoreError::Internal(
-                "crash point: failed before commit".into(),
-            ));
-        }
-        tx.commit().await?;
-        Ok(())
+        // In a task of its own: see `to_the_end` (a dropped `begin` must not leave the
+        // shared pool's connection inside a transaction).
+        let store = self.clone();
+        let name = commit.name.to_owned();
+        let Commit {
+            generation,
+            writes,
+            position,
+            park,
+            resolve,
+            skip,
+            fail_before_commit,
+            ..
+        } = commit;
+        to_the_end(async move {
+            let commit = Commit {
+                name: &name,
+                generation,
+                writes,
+                position,
+                park,
+                resolve,
+                skip,
+                fail_before_commit,
+            };
+            store.commit_now(commit).await
+        })
+        .await
     }
 
     async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError> {
@@ -602,43 +676,13 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {
-        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO processors (name, active_generation) VALUES ($1, $2) \
-                     ON CONFLICT (name) DO UPDATE SET active_generation = EXCLUDED.active_generation")
-            .bind(name)
-            .bind(generation)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM documents WHERE projection = $1 AND generation <> $2")
-            .bind(name)
-            .bind(generation)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1 AND generation <> $2")
-            .bind(name)
-            .bind(generation)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (store, name) = (self.clone(), name.to_owned());
+        to_the_end(async move { store.promote_now(&name, generation).await }).await
     }
 
     async fn discard(&self, name: &str, generation: u32) -> Result<(), StoreError> {
-        let generation = i32::try_from(generation).unwrap_or(i32::MAX);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM documents WHERE projection = $1 AND generation = $2")
-            .bind(name)
-            .bind(generation)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1 AND generation = $2")
-            .bind(name)
-            .bind(generation)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (store, name) = (self.clone(), name.to_owned());
+        to_the_end(async move { store.discard_now(&name, generation).await }).await
     }
 
     async fn dead_letters(&self, processor: &str) -> Result<Vec<DeadLetter>, StoreError> {

@@ -184,3 +184,17 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
         )))
     }
 }
+
+/// Runs a transaction in a task of its own, so that it reaches its commit or rollback even when
+/// its caller gives up. sqlx's `begin` is not cancel-safe: dropped between sending `BEGIN` and
+/// returning, it leaves the pooled connection inside a transaction it does not know about, and
+/// the next autocommit append on that connection would then hold the append lock without ever
+/// committing (the cut-off conformance case caught exactly that). PostgreSQL's one-statement append
+/// runs in autocommit and needs no task.
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(work).await.map_err(|error| {
+        StoreError::Internal(format!("a store transaction's task failed: {error}"))
+    })?
+}

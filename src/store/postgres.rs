@@ -141,22 +141,8 @@ impl AppendNow for PostgresStore {
         }
         let store = self.clone();
         let batch = batch.to_vec();
-        to_the_end(async move { store.append_planned(&batch).await }).await
+        super::to_the_end(async move { store.append_planned(&batch).await }).await
     }
-}
-
-/// Runs a transaction in a task of its own, so that it reaches its commit or rollback even when
-/// its caller gives up. sqlx's `begin` is not cancel-safe: dropped between sending `BEGIN` and
-/// returning, it leaves the pooled connection inside a transaction it does not know about, and
-/// the next autocommit append on that connection would then hold the append lock without ever
-/// committing (the cut-off conformance case caught exactly that). The one-statement append runs
-/// in autocommit and needs no task.
-async fn to_the_end<T: Send + 'static>(
-    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::spawn(work).await.map_err(|error| {
-        StoreError::Internal(format!("a store transaction's task failed: {error}"))
-    })?
 }
 
 #[async_trait]
@@ -227,7 +213,7 @@ impl EventStore for PostgresStore {
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
         let store = self.clone();
         let snapshot = snapshot.clone();
-        to_the_end(async move { store.save_snapshot_now(&snapshot, keep).await }).await
+        super::to_the_end(async move { store.save_snapshot_now(&snapshot, keep).await }).await
     }
 
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
