@@ -285,11 +285,14 @@ mod tests {
     };
 
     /// The memory store behind a gate: each transaction waits for a permit, so a test decides
-    /// when rounds commit. Counts transactions, and fails any that carries a `poison` stream.
+    /// when rounds commit. Counts transactions, and fails any that carries a `poison` stream
+    /// (or an `outage` one, as an unreachable database). With `hold`, a transaction of several
+    /// batches waits for a permit of it after committing.
     #[derive(Default)]
     struct Gated {
         store: MemoryStore,
         gate: Option<Arc<Semaphore>>,
+        hold: Option<Arc<Semaphore>>,
         transactions: AtomicUsize,
     }
 
@@ -309,7 +312,11 @@ mod tests {
             if batch.iter().any(|r| r.stream.aggregate_id == "outage") {
                 return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
             }
-            self.store.append_batch(batch).await
+            let results = self.store.append_batch(batch).await;
+            if let Some(hold) = self.hold.as_ref().filter(|_| batch.len() > 1) {
+                hold.acquire().await.expect("hold open").forget();
+            }
+            results
         }
     }
 
@@ -328,102 +335,101 @@ mod tests {
         }]
     }
 
-    /// Starts `batches` as concurrent callers while the gate is shut; each answers through
-    /// its join handle.
-    fn callers(
-        group: &Arc<GroupCommit>,
-        store: &Arc<Gated>,
-        batches: Vec<Vec<AppendRequest>>,
-    ) -> Vec<tokio::task::JoinHandle<Result<Vec<AppendResult>, StoreError>>> {
-        batches
-            .into_iter()
-            .map(|batch| {
-                let (group, store) = (Arc::clone(group), Arc::clone(store));
-                tokio::spawn(async move { group.append(&*store, &batch).await })
-            })
-            .collect()
+    type Caller = tokio::task::JoinHandle<Result<Vec<AppendResult>, StoreError>>;
+
+    /// A gated store and its group commit.
+    struct Round {
+        gate: Arc<Semaphore>,
+        store: Arc<Gated>,
+        group: Arc<GroupCommit>,
     }
 
-    async fn queued(group: &GroupCommit, n: usize) {
-        while group.lock().waiting.len() < n {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    impl Round {
+        /// The round, and a leader (appending pot `lead`) that holds the lead at the shut
+        /// gate: callers started now wait for the next round.
+        async fn led(store: Gated) -> (Self, Caller) {
+            let gate = Arc::new(Semaphore::new(0));
+            let store = Arc::new(Gated {
+                gate: Some(Arc::clone(&gate)),
+                ..store
+            });
+            let group = Arc::new(GroupCommit::default());
+            let round = Self { gate, store, group };
+            let lead = round.callers(vec![one("lead", 0)]).remove(0);
+            while !round.leading() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (round, lead)
+        }
+
+        /// Starts `batches` as concurrent callers, in order; each answers through its handle.
+        fn callers(&self, batches: Vec<Vec<AppendRequest>>) -> Vec<Caller> {
+            batches
+                .into_iter()
+                .map(|batch| {
+                    let (group, store) = (Arc::clone(&self.group), Arc::clone(&self.store));
+                    tokio::spawn(async move { group.append(&*store, &batch).await })
+                })
+                .collect()
+        }
+
+        /// Waits until `n` callers wait for a round.
+        async fn queued(&self, n: usize) {
+            while self.group.lock().waiting.len() < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        fn leading(&self) -> bool {
+            self.group.lock().leading
         }
     }
 
     #[tokio::test]
     async fn concurrent_callers_share_one_transaction_and_each_gets_its_own_results() {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = Arc::new(Gated {
-            gate: Some(Arc::clone(&gate)),
-            ..Gated::default()
-        });
-        let group = Arc::new(GroupCommit::default());
-        let first = callers(&group, &store, vec![one("lead", 0)]);
-        queued(&group, 0).await;
-        let rest = callers(
-            &group,
-            &store,
-            (0..15).map(|i| one(&format!("pot-{i}"), 0)).collect(),
-        );
-        queued(&group, 15).await;
-        gate.add_permits(2);
-        for caller in first.into_iter().chain(rest) {
+        let (round, lead) = Round::led(Gated::default()).await;
+        let rest = round.callers((0..15).map(|i| one(&format!("pot-{i}"), 0)).collect());
+        round.queued(15).await;
+        round.gate.add_permits(2);
+        for caller in std::iter::once(lead).chain(rest) {
             let results = caller.await.unwrap().unwrap();
             assert_eq!(results.len(), 1);
             assert_eq!(results[0].as_ref().unwrap().version, 1);
         }
         // The leader's own transaction, then one for the fifteen that waited.
-        assert_eq!(store.transactions.load(Ordering::SeqCst), 2);
-        assert_eq!(store.store.head().await.unwrap(), 16);
-        assert!(!group.lock().leading);
+        assert_eq!(round.store.transactions.load(Ordering::SeqCst), 2);
+        assert_eq!(round.store.store.head().await.unwrap(), 16);
+        assert!(!round.group.lock().leading);
     }
 
     #[tokio::test]
     async fn batches_on_one_stream_never_share_a_transaction() {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = Arc::new(Gated {
-            gate: Some(Arc::clone(&gate)),
-            ..Gated::default()
-        });
-        let group = Arc::new(GroupCommit::default());
-        let lead = callers(&group, &store, vec![one("other", 0)]);
-        queued(&group, 0).await;
+        let (round, lead) = Round::led(Gated::default()).await;
         // A wrong expectation, then a right one, on the same stream: in one batch the first
         // failure would fail the second too. Alone, the second succeeds.
-        let wrong = callers(&group, &store, vec![one("same", 7)]);
-        queued(&group, 1).await;
-        let right = callers(&group, &store, vec![one("same", 0)]);
-        queued(&group, 2).await;
-        gate.add_permits(10);
-        lead.into_iter().next().unwrap().await.unwrap().unwrap();
-        let wrong = wrong.into_iter().next().unwrap().await.unwrap().unwrap();
+        let wrong = round.callers(vec![one("same", 7)]).remove(0);
+        round.queued(1).await;
+        let right = round.callers(vec![one("same", 0)]).remove(0);
+        round.queued(2).await;
+        round.gate.add_permits(10);
+        lead.await.unwrap().unwrap();
+        let wrong = wrong.await.unwrap().unwrap();
         assert!(matches!(
             wrong[0],
             Err(StoreError::ConcurrencyConflict { .. })
         ));
-        let right = right.into_iter().next().unwrap().await.unwrap().unwrap();
+        let right = right.await.unwrap().unwrap();
         assert_eq!(right[0].as_ref().unwrap().version, 1);
-        assert_eq!(store.transactions.load(Ordering::SeqCst), 3);
+        assert_eq!(round.store.transactions.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn a_failed_shared_transaction_fails_only_the_batch_that_caused_it() {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = Arc::new(Gated {
-            gate: Some(Arc::clone(&gate)),
-            ..Gated::default()
-        });
-        let group = Arc::new(GroupCommit::default());
-        let lead = callers(&group, &store, vec![one("lead", 0)]);
-        queued(&group, 0).await;
-        let riders = callers(
-            &group,
-            &store,
-            vec![one("a", 0), one("poison", 0), one("b", 0)],
-        );
-        queued(&group, 3).await;
-        gate.add_permits(100);
-        lead.into_iter().next().unwrap().await.unwrap().unwrap();
+        let (round, lead) = Round::led(Gated::default()).await;
+        let riders = round.callers(vec![one("a", 0), one("poison", 0), one("b", 0)]);
+        round.queued(3).await;
+        round.gate.add_permits(100);
+        lead.await.unwrap().unwrap();
         let outcomes: Vec<_> = futures_util::future::join_all(riders)
             .await
             .into_iter()
@@ -432,67 +438,90 @@ mod tests {
         assert!(outcomes[0].is_ok());
         assert!(matches!(outcomes[1], Err(StoreError::InvalidInput(_))));
         assert!(outcomes[2].is_ok());
-        assert_eq!(store.store.head().await.unwrap(), 3);
+        assert_eq!(round.store.store.head().await.unwrap(), 3);
     }
 
     #[tokio::test]
     async fn a_leader_cut_off_mid_commit_hands_on_and_its_riders_append_again() {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = Arc::new(Gated {
-            gate: Some(Arc::clone(&gate)),
-            ..Gated::default()
-        });
-        let group = Arc::new(GroupCommit::default());
-        let lead = callers(&group, &store, vec![one("lead", 0)]);
-        queued(&group, 0).await;
-        let riders = callers(&group, &store, vec![one("a", 0), one("b", 0)]);
-        queued(&group, 2).await;
+        let (round, lead) = Round::led(Gated::default()).await;
+        let riders = round.callers(vec![one("a", 0), one("b", 0)]);
+        round.queued(2).await;
         // The leader's first transaction commits; the round carrying the riders is cut off
         // while it waits at the gate.
-        gate.add_permits(1);
-        lead.into_iter().next().unwrap().await.unwrap().unwrap();
-        let carrier = group.lock().leading;
-        assert!(carrier, "a rider leads the next round");
+        round.gate.add_permits(1);
+        lead.await.unwrap().unwrap();
+        assert!(round.leading(), "a rider leads the next round");
         tokio::time::sleep(Duration::from_millis(5)).await;
         for rider in &riders {
             assert!(!rider.is_finished());
         }
         // Cut the round off: abort the rider leading it (whichever it is).
         riders[0].abort();
-        gate.add_permits(100);
+        round.gate.add_permits(100);
         let second = riders.into_iter().nth(1).unwrap().await.unwrap().unwrap();
         assert_eq!(second[0].as_ref().unwrap().version, 1);
-        assert!(!group.lock().leading);
+        assert!(!round.leading());
         // The group carries on.
-        let after = group.append(&*store, &one("after", 0)).await.unwrap();
+        let after = round
+            .group
+            .append(&*round.store, &one("after", 0))
+            .await
+            .unwrap();
         assert_eq!(after[0].as_ref().unwrap().version, 1);
     }
 
     #[tokio::test]
-    async fn a_waiter_gone_before_its_turn_neither_blocks_the_queue_nor_gets_written() {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = Arc::new(Gated {
-            gate: Some(Arc::clone(&gate)),
+    async fn a_round_cut_off_after_its_commit_is_answered_to_its_riders_without_a_second_copy() {
+        let hold = Arc::new(Semaphore::new(0));
+        let (round, lead) = Round::led(Gated {
+            hold: Some(Arc::clone(&hold)),
             ..Gated::default()
-        });
-        let group = Arc::new(GroupCommit::default());
-        let lead = callers(&group, &store, vec![one("lead", 0)]);
-        queued(&group, 0).await;
-        let gone = callers(&group, &store, vec![one("gone", 0)]);
-        queued(&group, 1).await;
+        })
+        .await;
+        let riders = round.callers(vec![one("a", 0), one("b", 0)]);
+        round.queued(2).await;
+        round.gate.add_permits(100);
+        lead.await.unwrap().unwrap();
+        // The riders' shared round commits, then its leader is cut off before answering.
+        while round.store.transactions.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        riders[0].abort();
+        hold.add_permits(100);
+        // The other rider appends its batch again: an exact retry, answered as the first.
+        let second = riders.into_iter().nth(1).unwrap().await.unwrap().unwrap();
+        assert_eq!(second[0].as_ref().unwrap().version, 1);
+        assert_eq!(
+            round.store.store.head().await.unwrap(),
+            3,
+            "nothing stored twice"
+        );
+        assert!(!round.leading());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gone_before_its_turn_neither_blocks_the_queue_nor_gets_written() {
+        let (round, lead) = Round::led(Gated::default()).await;
+        let gone = round.callers(vec![one("gone", 0)]);
+        round.queued(1).await;
         gone[0].abort();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        gate.add_permits(100);
-        lead.into_iter().next().unwrap().await.unwrap().unwrap();
-        let after = group.append(&*store, &one("after", 0)).await.unwrap();
+        round.gate.add_permits(100);
+        lead.await.unwrap().unwrap();
+        let after = round
+            .group
+            .append(&*round.store, &one("after", 0))
+            .await
+            .unwrap();
         assert_eq!(after[0].as_ref().unwrap().version, 1);
-        let gone_version = store
+        let gone_version = round
+            .store
             .store
             .stream_version(&StreamId::new("Pot", "gone"))
             .await
             .unwrap();
         assert_eq!(gone_version, 0, "a caller that left is not written");
-        assert!(!group.lock().leading);
+        assert!(!round.leading());
     }
 
     #[tokio::test]
@@ -519,22 +548,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_outage_fails_the_whole_round_at_once() {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = Arc::new(Gated {
-            gate: Some(Arc::clone(&gate)),
-            ..Gated::default()
-        });
-        let group = Arc::new(GroupCommit::default());
-        let lead = callers(&group, &store, vec![one("lead", 0)]);
-        queued(&group, 0).await;
-        let riders = callers(
-            &group,
-            &store,
-            vec![one("outage", 0), one("a", 0), one("b", 0)],
-        );
-        queued(&group, 3).await;
-        gate.add_permits(100);
-        lead.into_iter().next().unwrap().await.unwrap().unwrap();
+        let (round, lead) = Round::led(Gated::default()).await;
+        let riders = round.callers(vec![one("outage", 0), one("a", 0), one("b", 0)]);
+        round.queued(3).await;
+        round.gate.add_permits(100);
+        lead.await.unwrap().unwrap();
         for rider in riders {
             let outcome = rider.await.unwrap();
             assert!(
@@ -543,7 +561,7 @@ mod tests {
             );
         }
         // The leader's transaction and the failed round: no batch was tried again alone.
-        assert_eq!(store.transactions.load(Ordering::SeqCst), 2);
-        assert!(!group.lock().leading);
+        assert_eq!(round.store.transactions.load(Ordering::SeqCst), 2);
+        assert!(!round.leading());
     }
 }

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -45,9 +44,9 @@ const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequ
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Set while a one-round-trip append runs on the writer connection; still set at the next
-    /// use means that append was cut off (its future dropped) and may have left its transaction
-    /// open, so the next use rolls it back first.
+    /// Set while a statement list that opens and commits its own transaction runs on the
+    /// writer connection, and left set when it failed or was cut off (its future dropped): the
+    /// writer pool's release hook then rolls back what it may have left open.
     unsettled: Arc<AtomicBool>,
     /// Concurrent appends share transactions (SQLite has one writer anyway).
     group: Arc<GroupCommit>,
@@ -74,7 +73,8 @@ impl SqliteStore {
             // A connection to a local file does not go stale: no ping before each use.
             .test_before_acquire(false)
             // Every user of the writer (the store, the SQLite read store, a host) gets it back
-            // outside any transaction, whoever cut a transaction off.
+            // outside any transaction, whoever failed or cut one off. (A connection whose
+            // release never runs is closed, not reused.)
             .after_release(move |conn, _| {
                 let flag = Arc::clone(&flag);
                 Box::pin(async move {
@@ -103,30 +103,20 @@ impl SqliteStore {
         })
     }
 
-    /// The writer connection, with the transaction of a cut-off one-round-trip append rolled
-    /// back (its rows were never acknowledged).
-    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        // The release hook settles a cut-off caller's transaction; this covers a release whose
-        // hook never ran (its task dropped with the runtime).
-        settle(&mut conn, &self.unsettled).await;
-        Ok(conn)
-    }
-
-    /// Marks the writer busy with a statement list that opens and commits its own transaction
-    /// (one round trip to the driver's worker instead of one per statement).
-    fn open_round_trip(&self) {
+    /// Runs `work`, a statement list that opens and commits its own transaction (one round
+    /// trip to the driver's worker instead of one per statement), flagged: unless it succeeds,
+    /// the flag stays set and the release hook rolls back whatever it left open (a constraint's
+    /// `OR ROLLBACK` ends the transaction itself; other errors and a cut-off caller may not).
+    async fn flagged<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.unsettled.store(true, Ordering::SeqCst);
-    }
-
-    /// Settles a statement list: after an error its transaction may still be open (a
-    /// constraint's `OR ROLLBACK` ends it, other errors may not), so it is rolled back.
-    async fn close_round_trip(&self, conn: &mut sqlx::SqliteConnection, failed: bool) {
-        if failed {
-            // Fails harmlessly ("no transaction is active") when nothing was left open.
-            let _ = conn.execute("ROLLBACK").await;
+        let outcome = work.await;
+        if outcome.is_ok() {
+            self.unsettled.store(false, Ordering::SeqCst);
         }
-        self.unsettled.store(false, Ordering::SeqCst);
+        outcome
     }
 
     /// The pool that writes (a single connection), for hosts that keep their own tables in the
@@ -171,24 +161,18 @@ fn record(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
 impl AppendNow for SqliteStore {
     /// One batch in one transaction (the group commit's unit of work).
     async fn append_now(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
-        let mut conn = self.writer().await?;
+        let mut conn = self.writer.acquire().await?;
         // The common case in one round trip to SQLite; anything unusual (a conflict, a stored
         // id, an expectation of any version, an empty or invalid request) is planned in full, in
         // a transaction of its own.
         if let Some(fast) = FastBatch::prepare(batch).filter(|f| fits_one_statement(f)) {
-            self.open_round_trip();
-            let outcome = append_fast(&mut conn, &fast, batch).await;
-            self.close_round_trip(&mut conn, outcome.is_err()).await;
-            if let Some(results) = outcome? {
+            if let Some(results) = self.flagged(append_fast(&mut conn, &fast, batch)).await? {
                 return Ok(results);
             }
         }
         // Flagged like a statement list: a caller that gives up between `BEGIN` and the end
-        // (sqlx's `begin` is not cancel-safe) leaves the next use of the writer to roll back.
-        self.open_round_trip();
-        let outcome = append_planned(&mut conn, batch).await;
-        self.close_round_trip(&mut conn, outcome.is_err()).await;
-        outcome
+        // (sqlx's `begin` is not cancel-safe) leaves the release hook to roll back.
+        self.flagged(append_planned(&mut conn, batch)).await
     }
 }
 
@@ -259,11 +243,10 @@ impl EventStore for SqliteStore {
     #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
         let sequence = to_i64(snapshot.sequence, "sequence")?;
-        let mut conn = self.writer().await?;
+        let mut conn = self.writer.acquire().await?;
         // Saved and pruned in one transaction, sent in one round trip: the writer is the
         // appends' too, so a snapshot should hold it as briefly as it can.
-        self.open_round_trip();
-        let outcome = sqlx::query(
+        let save = sqlx::query(
             "BEGIN IMMEDIATE; \
              INSERT OR REPLACE INTO snapshots (aggregate_type, aggregate_id, sequence, \
              payload_revision, payload_format, recorded_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?); \
@@ -284,10 +267,8 @@ impl EventStore for SqliteStore {
         .bind(snapshot.stream.aggregate_type.as_str())
         .bind(snapshot.stream.aggregate_id.as_str())
         .bind(clamp(keep.max(1) as u64))
-        .execute(&mut *conn)
-        .await;
-        self.close_round_trip(&mut conn, outcome.is_err()).await;
-        outcome?;
+        .execute(&mut *conn);
+        self.flagged(async { Ok(save.await?) }).await?;
         Ok(())
     }
 

@@ -139,26 +139,10 @@ mod lost_snapshots {
 mod sqlite_writer {
     use std::time::Duration;
 
-    use nursery::store::{
-        AppendRequest, EventStore, EventStoreExt, ExpectedVersion, Metadata, NewEvent,
-        PayloadFormat, SqliteStore, StreamId,
-    };
+    use nursery::store::{EventStore, EventStoreExt, SqliteStore};
     use sqlx::Connection;
 
-    fn watered(stream: &str) -> AppendRequest {
-        AppendRequest {
-            stream: StreamId::new("Pot", stream),
-            expected: ExpectedVersion::Exact(0),
-            events: vec![NewEvent {
-                event_id: nursery::store::ids::fresh(),
-                event_type: "Watered".into(),
-                revision: 1,
-                format: PayloadFormat::Json,
-                payload: b"{}".to_vec(),
-                metadata: Metadata::default(),
-            }],
-        }
-    }
+    use super::scenarios::first_append;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cut_off_callers_leave_the_shared_writer_outside_any_transaction() {
@@ -169,7 +153,7 @@ mod sqlite_writer {
         for cut in 0u64..100 {
             let deadline = Duration::from_micros(cut * 20);
             // An append cut off, then a host's transaction straight on the pool.
-            let batch = vec![watered(&format!("cut-{cut}"))];
+            let batch = vec![first_append(&format!("cut-{cut}"))];
             let _ = tokio::time::timeout(deadline, store.append_batch(&batch)).await;
             let mut conn = pool.acquire().await.unwrap();
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
@@ -189,7 +173,7 @@ mod sqlite_writer {
             })
             .await;
             let after = store
-                .append(watered(&format!("after-{cut}")))
+                .append(first_append(&format!("after-{cut}")))
                 .await
                 .unwrap();
             assert_eq!(after.version, 1);
@@ -211,10 +195,9 @@ mod postgres_shared_pool {
     use std::time::Duration;
 
     use nursery::projections::{Commit, PostgresReadStore, ReadStore};
-    use nursery::store::{
-        AppendRequest, EventStoreExt, ExpectedVersion, Metadata, NewEvent, PayloadFormat,
-        PostgresStore, StreamId,
-    };
+    use nursery::store::{EventStoreExt, PostgresStore};
+
+    use super::scenarios::first_append;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cut_off_read_store_transactions_never_hold_up_appends() {
@@ -243,18 +226,7 @@ mod postgres_shared_pool {
             let _ = tokio::time::timeout(deadline, read.commit(commit)).await;
             let _ = tokio::time::timeout(deadline, read.promote("cut", 1)).await;
             let _ = tokio::time::timeout(deadline, read.discard("cut", 2)).await;
-            let append = store.append(AppendRequest {
-                stream: StreamId::new("Pot", format!("after-{cut}")),
-                expected: ExpectedVersion::Exact(0),
-                events: vec![NewEvent {
-                    event_id: nursery::store::ids::fresh(),
-                    event_type: "Watered".into(),
-                    revision: 1,
-                    format: PayloadFormat::Json,
-                    payload: b"{}".to_vec(),
-                    metadata: Metadata::default(),
-                }],
-            });
+            let append = store.append(first_append(&format!("after-{cut}")));
             let appended = tokio::time::timeout(Duration::from_secs(10), append)
                 .await
                 .unwrap_or_else(|_| panic!("the append after cut {cut} hung"))

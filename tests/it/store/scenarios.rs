@@ -47,6 +47,11 @@ fn request(stream: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) 
     }
 }
 
+/// The first append of pot `id`: one event at version 0.
+pub fn first_append(id: &str) -> AppendRequest {
+    request(&pot(id), ExpectedVersion::Exact(0), vec![pruned(0)])
+}
+
 async fn append_n(store: &Store, stream: &StreamId, expected: u64, n: u32) -> Appended {
     let events = (0..n).map(pruned).collect();
     store
