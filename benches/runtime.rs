@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use nursery::actors::{PassivationConfig, Runtime, RuntimeConfig};
 use nursery::domain::{Aggregate, Command};
 use nursery::store::{
@@ -113,6 +114,7 @@ async fn drive(
     carts: usize,
     per_cart: usize,
     clients: usize,
+    window: usize,
     hot: bool,
 ) -> (f64, Duration, Duration) {
     let gateway = runtime.gateway();
@@ -122,27 +124,41 @@ async fn drive(
             let gateway = gateway.clone();
             let tag = tag.to_owned();
             actix_rt::spawn(async move {
-                let mut latencies = Vec::new();
-                for cart in (client..carts).step_by(clients) {
-                    let id = if hot {
-                        format!("{tag}-hot")
-                    } else {
-                        format!("{tag}-{cart}")
-                    };
-                    for item in 0..per_cart {
-                        let sent = Instant::now();
-                        let command = AddItem {
-                            product_id: format!("plant-{}", item % 3),
-                            quantity: 1,
-                        };
-                        gateway
-                            .send_and_wait::<BenchCart>(&id, command, Metadata::default())
-                            .await
-                            .unwrap();
-                        latencies.push(sent.elapsed());
-                    }
-                }
-                latencies
+                // Up to `window` of this client's carts at once, each cart's commands in turn.
+                let per_cart_latencies: Vec<Vec<Duration>> =
+                    futures_util::stream::iter((client..carts).step_by(clients))
+                        .map(|cart| {
+                            let id = if hot {
+                                format!("{tag}-hot")
+                            } else {
+                                format!("{tag}-{cart}")
+                            };
+                            let gateway = gateway.clone();
+                            async move {
+                                let mut latencies = Vec::with_capacity(per_cart);
+                                for item in 0..per_cart {
+                                    let sent = Instant::now();
+                                    let command = AddItem {
+                                        product_id: format!("plant-{}", item % 3),
+                                        quantity: 1,
+                                    };
+                                    gateway
+                                        .send_and_wait::<BenchCart>(
+                                            &id,
+                                            command,
+                                            Metadata::default(),
+                                        )
+                                        .await
+                                        .unwrap();
+                                    latencies.push(sent.elapsed());
+                                }
+                                latencies
+                            }
+                        })
+                        .buffer_unordered(window)
+                        .collect()
+                        .await;
+                per_cart_latencies.concat()
             })
         })
         .collect();
@@ -191,9 +207,9 @@ async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(64);
     let (carts, per_cart) = (scale(1_000), 10);
-    let (rate, p50, p99) = drive(&runtime, "warm", 64, 2, clients, false).await;
+    let (rate, p50, p99) = drive(&runtime, "warm", 64, 2, clients, 1, false).await;
     let _ = (rate, p50, p99);
-    let (rate, p50, p99) = drive(&runtime, "carts", carts, per_cart, clients, false).await;
+    let (rate, p50, p99) = drive(&runtime, "carts", carts, per_cart, clients, 1, false).await;
     row(
         backend,
         &format!("{carts} carts x {per_cart} AddItem, {clients} clients"),
@@ -201,7 +217,15 @@ async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
         Some(p50),
         Some(p99),
     );
-    let (rate, p50, p99) = drive(&runtime, "hot", clients * scale(40), 1, clients, true).await;
+    let (rate, p50, p99) = drive(&runtime, "many", carts, per_cart, clients, carts, false).await;
+    row(
+        backend,
+        "the same, each client all its carts at once",
+        rate,
+        Some(p50),
+        Some(p99),
+    );
+    let (rate, p50, p99) = drive(&runtime, "hot", clients * scale(40), 1, clients, 1, true).await;
     row(
         backend,
         &format!("hot: {clients} clients on one cart"),
