@@ -31,10 +31,10 @@ use nursery::actors::{PassivationConfig, Runtime, RuntimeConfig};
 use nursery::domain::{Aggregate, Command};
 use nursery::store::{
     AppendRequest, Codec, EventStore, EventStoreExt, ExpectedVersion, MemoryStore, Metadata,
-    Repository, SnapshotPolicy, SqliteStore,
+    Repository, SnapshotPolicy, SqliteStore, SqliteWriter,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{Executor, QueryBuilder};
+use sqlx::{Connection, Executor, QueryBuilder};
 use uuid::Uuid;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,17 +251,19 @@ fn event_row(stream: &str, sequence: usize) -> (String, i64, Uuid, Vec<u8>) {
     )
 }
 
-async fn raw_sqlite(pool: sqlx::SqlitePool) {
-    pool.execute("CREATE TABLE raw_rt (pos INTEGER PRIMARY KEY, aggregate_id TEXT NOT NULL, sequence INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, payload BLOB NOT NULL, UNIQUE (aggregate_id, sequence))").await.unwrap();
+/// Raw sqlx on the store's own writer connection (no pool in between).
+async fn raw_sqlite(writer: SqliteWriter) {
+    writer.lock().await.unwrap().execute("CREATE TABLE raw_rt (pos INTEGER PRIMARY KEY, aggregate_id TEXT NOT NULL, sequence INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, payload BLOB NOT NULL, UNIQUE (aggregate_id, sequence))").await.unwrap();
     let n = scale(2_000);
     let start = Instant::now();
     let tasks: Vec<_> = (0..64)
         .map(|w| {
-            let pool = pool.clone();
+            let writer = writer.clone();
             actix_rt::spawn(async move {
                 for i in (w..n).step_by(64) {
                     let (stream, seq, id, payload) = event_row(&format!("s-{w}"), i);
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                    let mut conn = writer.lock().await.unwrap();
+                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
                     sqlx::query("INSERT INTO raw_rt (aggregate_id, sequence, event_id, payload) VALUES (?, ?, ?, ?)")
                         .bind(stream).bind(seq).bind(id).bind(payload).execute(&mut *tx).await.unwrap();
                     tx.commit().await.unwrap();
@@ -282,7 +284,8 @@ async fn raw_sqlite(pool: sqlx::SqlitePool) {
     let rows = scale(100_000);
     let start = Instant::now();
     for chunk in 0..rows / 1000 {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let mut conn = writer.lock().await.unwrap();
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
         let mut query =
             QueryBuilder::new("INSERT INTO raw_rt (aggregate_id, sequence, event_id, payload) ");
         query.push_values(0..1000, |mut b, i| {
@@ -552,7 +555,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let sqlite = SqliteStore::connect(&url).await.unwrap();
-        let raw = sqlite.writer_pool().clone();
+        let raw = sqlite.writer().clone();
         if section("commands") && backend("sqlite") {
             runtime_rows("sqlite", Arc::new(sqlite.clone())).await;
             raw_sqlite(raw).await;

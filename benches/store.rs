@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use nursery::store::{
     AppendRequest, EventStore, ExpectedVersion, MemoryStore, Metadata, NewEvent, PayloadFormat,
-    SqliteStore, StreamId,
+    SqliteStore, SqliteWriter, StreamId,
 };
-use sqlx::{Executor, PgPool, QueryBuilder, SqlitePool};
+use sqlx::{Connection, Executor, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 fn event() -> NewEvent {
@@ -137,14 +137,16 @@ async fn raw_pg_run(pool: PgPool, workload: Workload, run: usize) -> Duration {
     .await
 }
 
-async fn raw_sqlite_run(pool: SqlitePool, workload: Workload, run: usize) -> Duration {
+/// Raw sqlx on the store's own writer connection (no pool in between).
+async fn raw_sqlite_run(sqlite: SqliteWriter, workload: Workload, run: usize) -> Duration {
     run_writers(workload, move |writer, i| {
-        let pool = pool.clone();
+        let sqlite = sqlite.clone();
         async move {
             let rows: Vec<NewEvent> = (0..workload.per_append * workload.group)
                 .map(|_| event())
                 .collect();
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let mut conn = sqlite.lock().await.unwrap();
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
             let mut query = QueryBuilder::new(format!("INSERT INTO raw_events ({RAW_COLUMNS}) "));
             query.push_values(rows.iter().enumerate(), |mut b, (k, e)| {
                 b.push_bind("Cart")
@@ -225,8 +227,11 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let sqlite = SqliteStore::connect(&url).await.unwrap();
-    let raw_sqlite = sqlite.writer_pool().clone();
+    let raw_sqlite = sqlite.writer().clone();
     raw_sqlite
+        .lock()
+        .await
+        .unwrap()
         .execute(
             "CREATE TABLE raw_events (global_position INTEGER PRIMARY KEY, aggregate_type TEXT NOT NULL, \
              aggregate_id TEXT NOT NULL, sequence INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, \

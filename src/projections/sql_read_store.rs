@@ -9,15 +9,15 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
-use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use sqlx::{Connection, PgPool, QueryBuilder, Row, SqlitePool};
 
 use super::read_store::{Commit, DeadLetter, ReadStore, StoredResponse, like_prefix};
-use crate::store::{PostgresStore, SqliteStore, StoreError, StreamId, to_the_end};
+use crate::store::{PostgresStore, SqliteStore, SqliteWriter, StoreError, StreamId, to_the_end};
 
 /// Projection state in the SQLite file of a [`SqliteStore`].
 #[derive(Clone)]
 pub struct SqliteReadStore {
-    writer: SqlitePool,
+    writer: SqliteWriter,
     reader: SqlitePool,
 }
 
@@ -25,7 +25,7 @@ impl SqliteReadStore {
     /// The read store beside `store`'s events (its migrations have run).
     pub fn new(store: &SqliteStore) -> Self {
         Self {
-            writer: store.writer_pool().clone(),
+            writer: store.writer().clone(),
             reader: store.reader_pool().clone(),
         }
     }
@@ -262,7 +262,8 @@ const DEAD_LETTER_COLUMNS: &str = "id, processor, position, aggregate_type, aggr
 #[async_trait]
 impl ReadStore for SqliteReadStore {
     async fn active_generation(&self, name: &str) -> Result<u32, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO processors (name, active_generation) VALUES (?, 1) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .execute(&mut *tx)
@@ -291,7 +292,7 @@ impl ReadStore for SqliteReadStore {
         )
         .bind(name)
         .bind(gen_i64(generation))
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer.lock().await?)
         .await?;
         Ok(position.and_then(|p| u64::try_from(p).ok()).unwrap_or(0))
     }
@@ -317,7 +318,11 @@ impl ReadStore for SqliteReadStore {
             }
             query.push(")");
             // Through the writer: the projection reads what it wrote itself, never a stale snapshot.
-            for row in query.build().fetch_all(&self.writer).await? {
+            let rows = query
+                .build()
+                .fetch_all(&mut *self.writer.lock().await?)
+                .await?;
+            for row in rows {
                 let body: String = row.try_get("body")?;
                 documents.insert(row.try_get("key")?, json(&body)?);
             }
@@ -326,7 +331,8 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let generation = gen_i64(commit.generation);
         let (puts, deletes): (Vec<_>, Vec<_>) =
             commit.writes.iter().partition(|(_, body)| body.is_some());
@@ -444,7 +450,8 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn promote(&self, name: &str, generation: u32) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO processors (name, active_generation) VALUES (?, ?) \
                      ON CONFLICT (name) DO UPDATE SET active_generation = excluded.active_generation")
             .bind(name)
@@ -466,7 +473,8 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn discard(&self, name: &str, generation: u32) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM documents WHERE projection = ? AND generation = ?")
             .bind(name)
             .bind(gen_i64(generation))
@@ -486,7 +494,7 @@ impl ReadStore for SqliteReadStore {
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE processor = ? ORDER BY position"
         ))
         .bind(processor)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.lock().await?)
         .await?;
         rows.iter().map(SqlRow::dead_letter).collect()
     }
@@ -513,7 +521,8 @@ impl ReadStore for SqliteReadStore {
         response: &StoredResponse,
         replace_before: chrono::DateTime<Utc>,
     ) -> Result<StoredResponse, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer.lock().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?) \
              ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, status = excluded.status, \
@@ -542,7 +551,7 @@ impl ReadStore for SqliteReadStore {
     async fn forget_responses(&self, before: chrono::DateTime<Utc>) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
             .bind(before.timestamp_micros())
-            .execute(&self.writer)
+            .execute(&mut *self.writer.lock().await?)
             .await?;
         Ok(done.rows_affected())
     }

@@ -40,7 +40,7 @@ pub use memory::MemoryStore;
 pub use migrate::{postgres_migrator, sqlite_migrator};
 pub use postgres::{LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL, PostgresStore};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, SqliteWriter, WriterGuard};
 pub use types::{
     AppendRequest, Appended, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
     StoreError, StreamId,

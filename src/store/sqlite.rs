@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -42,14 +43,93 @@ const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequ
 /// An event store in one SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: SqliteWriter,
     reader: SqlitePool,
-    /// Set while a statement list that opens and commits its own transaction runs on the
-    /// writer connection, and left set when it failed or was cut off (its future dropped): the
-    /// writer pool's release hook then rolls back what it may have left open.
-    unsettled: Arc<AtomicBool>,
     /// Concurrent appends share transactions (SQLite has one writer anyway).
     group: Arc<GroupCommit>,
+}
+
+/// The one connection that writes to a store's file, shared by everything that writes there:
+/// the event store, the SQLite read store, and hosts with tables of their own in the same file
+/// (one writer, so none of them meets `SQLITE_BUSY`, and their transactions take turns).
+///
+/// For a file the store takes the connection out of its pool once and keeps it: handing a
+/// connection back to a sqlx pool pings it first, a round trip to the driver's worker thread
+/// that every append would wait for (about a fifth of a small group commit). An in-memory
+/// database lives in its one connection, which its readers share, so there the connection
+/// stays in the pool and is acquired for each use.
+///
+/// Whoever takes the writer gets it outside any transaction: a transaction that an earlier
+/// user failed or was cut off inside (its future dropped) is rolled back first.
+#[derive(Clone, Debug)]
+pub struct SqliteWriter {
+    pool: SqlitePool,
+    held: Option<Arc<tokio::sync::Mutex<PoolConnection<Sqlite>>>>,
+    /// Set while a statement list that opens and commits its own transaction runs, and left
+    /// set when it failed or was cut off: the next user then rolls back what it left open.
+    unsettled: Arc<AtomicBool>,
+}
+
+/// The writer connection, taken (see [`SqliteWriter::lock`]); use it as a
+/// `&mut SqliteConnection`.
+pub struct WriterGuard<'a> {
+    conn: Taken<'a>,
+}
+
+enum Taken<'a> {
+    Held(tokio::sync::MutexGuard<'a, PoolConnection<Sqlite>>),
+    Pooled(PoolConnection<Sqlite>),
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = sqlx::SqliteConnection;
+
+    fn deref(&self) -> &Self::Target {
+        match &self.conn {
+            Taken::Held(conn) => conn,
+            Taken::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match &mut self.conn {
+            Taken::Held(conn) => conn,
+            Taken::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl SqliteWriter {
+    /// Takes the writer connection, waiting for its current user, outside any transaction.
+    pub async fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
+        let mut guard = WriterGuard {
+            conn: match &self.held {
+                Some(held) => Taken::Held(held.lock().await),
+                None => Taken::Pooled(self.pool.acquire().await?),
+            },
+        };
+        settle(&mut guard, &self.unsettled).await;
+        Ok(guard)
+    }
+
+    /// Runs `work`, a statement list that opens and commits its own transaction (one round
+    /// trip to the driver's worker instead of one per statement), flagged: unless it succeeds,
+    /// the flag stays set and the writer's next user rolls back whatever it left open (a
+    /// constraint's `OR ROLLBACK` ends the transaction itself; other errors and a cut-off
+    /// caller may not).
+    async fn flagged<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.unsettled.store(true, Ordering::SeqCst);
+        let outcome = work.await;
+        if outcome.is_ok() {
+            self.unsettled.store(false, Ordering::SeqCst);
+        }
+        outcome
+    }
 }
 
 impl SqliteStore {
@@ -72,9 +152,9 @@ impl SqliteStore {
             .max_lifetime(None)
             // A connection to a local file does not go stale: no ping before each use.
             .test_before_acquire(false)
-            // Every user of the writer (the store, the SQLite read store, a host) gets it back
-            // outside any transaction, whoever failed or cut one off. (A connection whose
-            // release never runs is closed, not reused.)
+            // In memory, where the connection goes back to the pool after each use, it goes
+            // back outside any transaction, whoever failed or cut one off. (A connection
+            // whose release never runs is closed, not reused.)
             .after_release(move |conn, _| {
                 let flag = Arc::clone(&flag);
                 Box::pin(async move {
@@ -95,33 +175,25 @@ impl SqliteStore {
                 .connect_with(options.read_only(true))
                 .await?
         };
+        let held = if in_memory {
+            None
+        } else {
+            Some(Arc::new(tokio::sync::Mutex::new(writer.acquire().await?)))
+        };
         Ok(Self {
-            writer,
+            writer: SqliteWriter {
+                pool: writer,
+                held,
+                unsettled,
+            },
             reader,
-            unsettled,
             group: Arc::default(),
         })
     }
 
-    /// Runs `work`, a statement list that opens and commits its own transaction (one round
-    /// trip to the driver's worker instead of one per statement), flagged: unless it succeeds,
-    /// the flag stays set and the release hook rolls back whatever it left open (a constraint's
-    /// `OR ROLLBACK` ends the transaction itself; other errors and a cut-off caller may not).
-    async fn flagged<T>(
-        &self,
-        work: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.unsettled.store(true, Ordering::SeqCst);
-        let outcome = work.await;
-        if outcome.is_ok() {
-            self.unsettled.store(false, Ordering::SeqCst);
-        }
-        outcome
-    }
-
-    /// The pool that writes (a single connection), for hosts that keep their own tables in the
-    /// same file and want them in one transaction order with the store.
-    pub fn writer_pool(&self) -> &SqlitePool {
+    /// The writer connection, for hosts that keep their own tables in the same file and want
+    /// them in one transaction order with the store.
+    pub fn writer(&self) -> &SqliteWriter {
         &self.writer
     }
 
@@ -161,18 +233,22 @@ fn record(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
 impl AppendNow for SqliteStore {
     /// One batch in one transaction (the group commit's unit of work).
     async fn append_now(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.lock().await?;
         // The common case in one round trip to SQLite; anything unusual (a conflict, a stored
         // id, an expectation of any version, an empty or invalid request) is planned in full, in
         // a transaction of its own.
         if let Some(fast) = FastBatch::prepare(batch).filter(|f| fits_one_statement(f)) {
-            if let Some(results) = self.flagged(append_fast(&mut conn, &fast, batch)).await? {
+            if let Some(results) = self
+                .writer
+                .flagged(append_fast(&mut conn, &fast, batch))
+                .await?
+            {
                 return Ok(results);
             }
         }
         // Flagged like a statement list: a caller that gives up between `BEGIN` and the end
-        // (sqlx's `begin` is not cancel-safe) leaves the release hook to roll back.
-        self.flagged(append_planned(&mut conn, batch)).await
+        // (sqlx's `begin` is not cancel-safe) leaves the writer's next user to roll back.
+        self.writer.flagged(append_planned(&mut conn, batch)).await
     }
 }
 
@@ -243,7 +319,7 @@ impl EventStore for SqliteStore {
     #[instrument(skip_all, fields(stream = %snapshot.stream, sequence = snapshot.sequence), err)]
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
         let sequence = to_i64(snapshot.sequence, "sequence")?;
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer.lock().await?;
         // Saved and pruned in one transaction, sent in one round trip: the writer is the
         // appends' too, so a snapshot should hold it as briefly as it can.
         let save = sqlx::query(
@@ -268,7 +344,7 @@ impl EventStore for SqliteStore {
         .bind(snapshot.stream.aggregate_id.as_str())
         .bind(clamp(keep.max(1) as u64))
         .execute(&mut *conn);
-        self.flagged(async { Ok(save.await?) }).await?;
+        self.writer.flagged(async { Ok(save.await?) }).await?;
         Ok(())
     }
 
@@ -682,7 +758,7 @@ mod tests {
         assert_eq!(rows, 4);
         let plan: Vec<String> = query
             .build()
-            .fetch_all(store.writer_pool())
+            .fetch_all(&mut *store.writer().lock().await.unwrap())
             .await
             .unwrap()
             .iter()

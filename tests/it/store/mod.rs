@@ -133,7 +133,7 @@ mod lost_snapshots {
 }
 
 /// The SQLite writer connection is shared: the store, the SQLite read store and hosts
-/// (`writer_pool`) all use it. Whatever a cut-off caller left open there (a statement list
+/// (`SqliteStore::writer`) all use it. Whatever a cut-off caller left open there (a statement list
 /// between its `BEGIN` and `COMMIT`, or a sqlx `begin` cut off after its `BEGIN`), the next
 /// user gets the connection outside any transaction.
 mod sqlite_writer {
@@ -149,13 +149,13 @@ mod sqlite_writer {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("events.db").display());
         let store = SqliteStore::connect(&url).await.unwrap();
-        let pool = store.writer_pool().clone();
+        let writer = store.writer().clone();
         for cut in 0u64..100 {
             let deadline = Duration::from_micros(cut * 20);
-            // An append cut off, then a host's transaction straight on the pool.
+            // An append cut off, then a host's transaction on the writer.
             let batch = vec![first_append(&format!("cut-{cut}"))];
             let _ = tokio::time::timeout(deadline, store.append_batch(&batch)).await;
-            let mut conn = pool.acquire().await.unwrap();
+            let mut conn = writer.lock().await.unwrap();
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
             sqlx::query("SELECT COUNT(*) FROM events")
                 .execute(&mut *tx)
@@ -165,11 +165,11 @@ mod sqlite_writer {
             drop(conn);
             // A host's begin cut off, then the store appends.
             let _ = tokio::time::timeout(deadline / 4, async {
-                let mut conn = pool.acquire().await?;
+                let mut conn = writer.lock().await?;
                 let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 drop(tx);
-                Ok::<_, sqlx::Error>(())
+                Ok::<_, nursery::store::StoreError>(())
             })
             .await;
             let after = store
