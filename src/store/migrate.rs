@@ -68,6 +68,11 @@ pub fn postgres_migrator() -> Migrator {
             "fast append keeps its plans",
             include_str!("../../migrations/postgres/0007_fast_append_cached_plan.sql"),
         ),
+        (
+            8,
+            "fast append checks versions by exact keys",
+            include_str!("../../migrations/postgres/0008_fast_append_exact_probes.sql"),
+        ),
     ])
 }
 

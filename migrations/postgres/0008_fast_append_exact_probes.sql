@@ -1,0 +1,62 @@
+-- The one-statement append checks each stream's version with exact-key lookups.
+--
+-- 0007 read each stream's version as MAX(sequence), a backward scan of the
+-- (aggregate_type, aggregate_id, sequence) index per stream. Measured in a loop on this
+-- project's machine, 64 such probes took 0.85-1.33 ms, more than inserting the 64 rows
+-- (about 0.55 ms), and 64 exact-key lookups 0.13 ms. Sequences start at 1 and have no gaps, so
+-- a stream is at version b exactly when it has a row at sequence b (or b = 0) and none at
+-- b + 1: two lookups by the whole key. A stream that expects any version (b < 0) still reads
+-- its MAX. When a stream is not where its request expects, nothing is written and the caller
+-- plans the batch in full (it reads the versions itself), so the versions answered with a
+-- refusal are only markers (-2: not at the expected version).
+--
+-- The body is otherwise 0007's (migrations are history, so it is repeated).
+
+CREATE OR REPLACE FUNCTION nursery_append_fast(
+    s_types TEXT[], s_ids TEXT[], s_bases BIGINT[],
+    r_stream INT[], r_offset INT[], e_ids UUID[], e_types TEXT[], e_revisions INT[],
+    e_formats SMALLINT[], recorded BIGINT, e_metadata TEXT[], e_payloads BYTEA[])
+RETURNS TABLE (written BOOLEAN, head BIGINT, versions BIGINT[])
+LANGUAGE plpgsql VOLATILE
+-- No sequential scans: every statement below has an index path, so its cached plan holds at
+-- any table size (see 0007).
+SET enable_seqscan = off
+AS $$
+DECLARE
+    before BIGINT;
+    current_versions BIGINT[];
+BEGIN
+    -- The append lock: from here on no other append commits, and each statement below sees
+    -- every append committed before it.
+    SELECT c.last_position INTO before FROM event_counter c WHERE c.id = 1 FOR UPDATE;
+    SELECT array_agg(
+             CASE
+               WHEN s.b < 0 THEN
+                 COALESCE((SELECT MAX(e.sequence) FROM events e
+                           WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i), 0)
+               WHEN (s.b = 0 OR EXISTS (SELECT 1 FROM events e
+                                        WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
+                                          AND e.sequence = s.b))
+                    AND NOT EXISTS (SELECT 1 FROM events e
+                                    WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
+                                      AND e.sequence = s.b + 1)
+                 THEN s.b
+               ELSE -2
+             END
+             ORDER BY s.n)
+      INTO current_versions
+      FROM unnest(s_types, s_ids, s_bases) WITH ORDINALITY AS s(t, i, b, n);
+    IF -2 = ANY (current_versions) THEN
+        RETURN QUERY SELECT FALSE, before, current_versions;
+        RETURN;
+    END IF;
+    INSERT INTO events (global_position, aggregate_type, aggregate_id, sequence, event_id,
+                        event_type, payload_revision, payload_format, recorded_at, metadata, payload)
+    SELECT before + r.n, s_types[r.si], s_ids[r.si], current_versions[r.si] + r.off + 1, r.eid,
+           r.ety, r.rev, r.fmt, recorded, r.meta::jsonb, r.pl
+      FROM unnest(r_stream, r_offset, e_ids, e_types, e_revisions, e_formats, e_metadata, e_payloads)
+           WITH ORDINALITY AS r(si, off, eid, ety, rev, fmt, meta, pl, n);
+    UPDATE event_counter SET last_position = before + cardinality(e_ids) WHERE id = 1;
+    RETURN QUERY SELECT TRUE, before, current_versions;
+END;
+$$;
