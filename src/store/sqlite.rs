@@ -53,21 +53,28 @@ pub struct SqliteStore {
 /// the event store, the SQLite read store, and hosts with tables of their own in the same file
 /// (one writer, so none of them meets `SQLITE_BUSY`, and their transactions take turns).
 ///
-/// For a file the store takes the connection out of its pool once and keeps it: handing a
-/// connection back to a sqlx pool pings it first, a round trip to the driver's worker thread
-/// that every append would wait for (about a fifth of a small group commit). An in-memory
-/// database lives in its one connection, which its readers share, so there the connection
-/// stays in the pool and is acquired for each use.
+/// For a file the store opens that connection itself and keeps it, outside any sqlx pool:
+/// handing a connection back to a pool pings it first, a round trip to the driver's worker
+/// thread that every append would wait for (about a fifth of a small group commit). An
+/// in-memory database lives in its one connection, which its readers share, so there the
+/// connection stays in a pool of one and is acquired for each use.
 ///
 /// Whoever takes the writer gets it outside any transaction: a transaction that an earlier
 /// user failed or was cut off inside (its future dropped) is rolled back first.
 #[derive(Clone, Debug)]
 pub struct SqliteWriter {
-    pool: SqlitePool,
-    held: Option<Arc<tokio::sync::Mutex<PoolConnection<Sqlite>>>>,
+    connection: WriterConnection,
     /// Set while a statement list that opens and commits its own transaction runs, and left
     /// set when it failed or was cut off: the next user then rolls back what it left open.
     unsettled: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Debug)]
+enum WriterConnection {
+    /// A file's writer: one connection, kept.
+    Held(Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>),
+    /// An in-memory database's one connection, in a pool its readers share.
+    Pooled(SqlitePool),
 }
 
 /// The writer connection, taken (see [`SqliteWriter::lock`]); use it as a
@@ -77,7 +84,7 @@ pub struct WriterGuard<'a> {
 }
 
 enum Taken<'a> {
-    Held(tokio::sync::MutexGuard<'a, PoolConnection<Sqlite>>),
+    Held(tokio::sync::MutexGuard<'a, sqlx::SqliteConnection>),
     Pooled(PoolConnection<Sqlite>),
 }
 
@@ -105,9 +112,9 @@ impl SqliteWriter {
     /// Takes the writer connection, waiting for its current user, outside any transaction.
     pub async fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
         let mut guard = WriterGuard {
-            conn: match &self.held {
-                Some(held) => Taken::Held(held.lock().await),
-                None => Taken::Pooled(self.pool.acquire().await?),
+            conn: match &self.connection {
+                WriterConnection::Held(held) => Taken::Held(held.lock().await),
+                WriterConnection::Pooled(pool) => Taken::Pooled(pool.acquire().await?),
             },
         };
         settle(&mut guard, &self.unsettled).await;
@@ -144,46 +151,48 @@ impl SqliteStore {
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let unsettled = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&unsettled);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            // A connection to a local file does not go stale: no ping before each use.
-            .test_before_acquire(false)
-            // In memory, where the connection goes back to the pool after each use, it goes
-            // back outside any transaction, whoever failed or cut one off. (A connection
-            // whose release never runs is closed, not reused.)
-            .after_release(move |conn, _| {
-                let flag = Arc::clone(&flag);
-                Box::pin(async move {
-                    settle(conn, &flag).await;
-                    Ok(true)
+        let (connection, reader) = if in_memory {
+            // An in-memory database lives in its one connection: readers share it, so it
+            // stays in a pool of one.
+            let flag = Arc::clone(&unsettled);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .test_before_acquire(false)
+                // Each use hands the connection back; it goes back outside any transaction,
+                // whoever failed or cut one off. (A connection whose release never runs is
+                // closed, not reused.)
+                .after_release(move |conn, _| {
+                    let flag = Arc::clone(&flag);
+                    Box::pin(async move {
+                        settle(conn, &flag).await;
+                        Ok(true)
+                    })
                 })
-            })
-            .connect_with(options.clone())
-            .await?;
-        sqlite_migrator().run(&writer).await?;
-        // An in-memory database lives in its one connection: readers must share it.
-        let reader = if in_memory {
-            writer.clone()
+                .connect_with(options)
+                .await?;
+            sqlite_migrator().run(&pool).await?;
+            (WriterConnection::Pooled(pool.clone()), pool)
         } else {
-            SqlitePoolOptions::new()
+            // A connection of its own, outside any pool (dropping it needs no runtime).
+            let mut conn = sqlx::ConnectOptions::connect(&options).await?;
+            sqlite_migrator().run(&mut conn).await?;
+            let reader = SqlitePoolOptions::new()
                 .max_connections(4)
+                // A connection to a local file does not go stale: no ping before each use.
                 .test_before_acquire(false)
                 .connect_with(options.read_only(true))
-                .await?
-        };
-        let held = if in_memory {
-            None
-        } else {
-            Some(Arc::new(tokio::sync::Mutex::new(writer.acquire().await?)))
+                .await?;
+            (
+                WriterConnection::Held(Arc::new(tokio::sync::Mutex::new(conn))),
+                reader,
+            )
         };
         Ok(Self {
             writer: SqliteWriter {
-                pool: writer,
-                held,
+                connection,
                 unsettled,
             },
             reader,
@@ -743,6 +752,36 @@ mod tests {
                     .collect(),
             })
             .collect()
+    }
+
+    /// A host may drop the store after its runtime is gone (a test harness, a shutdown): the
+    /// kept writer connection must close without one (a pooled connection would panic, as
+    /// sqlx hands it back to its pool in a task).
+    #[test]
+    fn a_store_dropped_outside_any_runtime_closes_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = runtime.block_on(async {
+            let store = SqliteStore::connect(&url).await.unwrap();
+            let batch = batch();
+            let fresh: Vec<AppendRequest> = batch
+                .into_iter()
+                .map(|mut request| {
+                    request.expected = ExpectedVersion::Exact(0);
+                    request
+                })
+                .collect();
+            for result in store.append_batch(&fresh).await.unwrap() {
+                result.unwrap();
+            }
+            store
+        });
+        drop(runtime);
+        drop(store);
     }
 
     /// The fast append must find the head and each stream's version by searching an index,
