@@ -10,7 +10,8 @@
 -- plans the batch in full (it reads the versions itself), so the versions answered with a
 -- refusal are only markers (-2: not at the expected version).
 --
--- The body is otherwise 0007's (migrations are history, so it is repeated).
+-- The function also keeps one generic plan per statement (see its SET clauses). The body is
+-- otherwise 0007's (migrations are history, so it is repeated).
 
 CREATE OR REPLACE FUNCTION nursery_append_fast(
     s_types TEXT[], s_ids TEXT[], s_bases BIGINT[],
@@ -19,8 +20,11 @@ CREATE OR REPLACE FUNCTION nursery_append_fast(
 RETURNS TABLE (written BOOLEAN, head BIGINT, versions BIGINT[])
 LANGUAGE plpgsql VOLATILE
 -- No sequential scans: every statement below has an index path, so its cached plan holds at
--- any table size (see 0007).
+-- any table size (see 0007). And always that cached plan: left to choose, PostgreSQL planned
+-- these statements afresh on each call (a one-event append took 0.47 ms against 0.23 ms
+-- with the generic plan; 64 events 1.17 ms against 1.22 ms, the same within noise).
 SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     before BIGINT;
@@ -34,12 +38,14 @@ BEGIN
                WHEN s.b < 0 THEN
                  COALESCE((SELECT MAX(e.sequence) FROM events e
                            WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i), 0)
-               WHEN (s.b = 0 OR EXISTS (SELECT 1 FROM events e
-                                        WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
-                                          AND e.sequence = s.b))
-                    AND NOT EXISTS (SELECT 1 FROM events e
-                                    WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
-                                      AND e.sequence = s.b + 1)
+               -- Scalar subqueries, not EXISTS: PostgreSQL may plan an EXISTS as a hash of
+               -- the whole table, cheap while the table is small, and keep that cached plan.
+               WHEN (s.b = 0 OR (SELECT e.sequence FROM events e
+                                 WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
+                                   AND e.sequence = s.b) IS NOT NULL)
+                    AND (SELECT e.sequence FROM events e
+                         WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
+                           AND e.sequence = s.b + 1) IS NULL
                  THEN s.b
                ELSE -2
              END
