@@ -71,8 +71,11 @@ pub struct SqliteWriter {
 
 #[derive(Clone, Debug)]
 enum WriterConnection {
-    /// A file's writer: one connection, kept.
-    Held(Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>),
+    /// A file's writer: one connection, kept, and how to open another should it break.
+    Held {
+        connection: Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>,
+        options: Arc<SqliteConnectOptions>,
+    },
     /// An in-memory database's one connection, in a pool its readers share.
     Pooled(SqlitePool),
 }
@@ -110,14 +113,24 @@ impl std::ops::DerefMut for WriterGuard<'_> {
 
 impl SqliteWriter {
     /// Takes the writer connection, waiting for its current user, outside any transaction.
+    ///
+    /// One user at a time: a task that holds the guard must drop it before it appends, saves
+    /// a snapshot or commits through the SQLite read store, or it waits for itself forever.
+    /// A connection found broken while settling (its driver thread gone) is replaced.
     pub async fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
         let mut guard = WriterGuard {
             conn: match &self.connection {
-                WriterConnection::Held(held) => Taken::Held(held.lock().await),
+                WriterConnection::Held { connection, .. } => Taken::Held(connection.lock().await),
                 WriterConnection::Pooled(pool) => Taken::Pooled(pool.acquire().await?),
             },
         };
-        settle(&mut guard, &self.unsettled).await;
+        let works = settle(&mut guard, &self.unsettled).await;
+        if let (false, Taken::Held(conn), WriterConnection::Held { options, .. }) =
+            (works, &mut guard.conn, &self.connection)
+        {
+            tracing::warn!("the SQLite writer connection broke; opening a new one");
+            **conn = sqlx::ConnectOptions::connect(options.as_ref()).await?;
+        }
         Ok(guard)
     }
 
@@ -183,12 +196,13 @@ impl SqliteStore {
                 .max_connections(4)
                 // A connection to a local file does not go stale: no ping before each use.
                 .test_before_acquire(false)
-                .connect_with(options.read_only(true))
+                .connect_with(options.clone().read_only(true))
                 .await?;
-            (
-                WriterConnection::Held(Arc::new(tokio::sync::Mutex::new(conn))),
-                reader,
-            )
+            let held = WriterConnection::Held {
+                connection: Arc::new(tokio::sync::Mutex::new(conn)),
+                options: Arc::new(options),
+            };
+            (held, reader)
         };
         Ok(Self {
             writer: SqliteWriter {
@@ -468,19 +482,30 @@ async fn append_planned(
 /// `begin` cut off after its `BEGIN` (sqlx counts the transaction but nobody will end it), and
 /// a statement list cut off between its `BEGIN` and `COMMIT` (flagged by `unsettled`; sqlx does
 /// not count it). sqlx's own rollback goes first: once SQLite has no transaction, it would fail
-/// and leave sqlx's count up, and every later `begin` would fail.
-async fn settle(conn: &mut sqlx::SqliteConnection, unsettled: &AtomicBool) {
+/// and leave sqlx's count up, and every later `begin` would fail. The flag is cleared only
+/// after its `ROLLBACK` ran, so a settle that is itself cut off is done again by the next user.
+///
+/// Answers whether the connection still works: a rollback that fails for any reason but
+/// SQLite's own answer (the driver's worker gone, say) means it does not.
+async fn settle(conn: &mut sqlx::SqliteConnection, unsettled: &AtomicBool) -> bool {
+    let alive = |outcome: Result<(), sqlx::Error>| {
+        matches!(outcome, Ok(()) | Err(sqlx::Error::Database(_)))
+    };
+    let mut works = true;
     if conn.is_in_transaction() {
-        let _ =
+        works &= alive(
             <<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::rollback(
                 conn,
             )
-            .await;
+            .await,
+        );
     }
-    if unsettled.swap(false, Ordering::SeqCst) {
+    if unsettled.load(Ordering::SeqCst) {
         // Fails harmlessly ("no transaction is active") when the list had finished.
-        let _ = conn.execute("ROLLBACK").await;
+        works &= alive(conn.execute("ROLLBACK").await.map(|_| ()));
+        unsettled.store(false, Ordering::SeqCst);
     }
+    works
 }
 
 type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
