@@ -3,7 +3,10 @@
 //! printing the ratio store/raw (the store's own overhead).
 //!
 //! Run: `cargo bench --bench store` (PostgreSQL on 127.0.0.1:5432 for the PostgreSQL rows).
-//! Scale with `NURSERY_BENCH_SCALE` (default 1.0).
+//! Scale with `NURSERY_BENCH_SCALE` (default 1.0). Each SQL row runs the raw inserts and the
+//! store in `NURSERY_BENCH_ROUNDS` rounds (default 5), alternating which goes first; the rates
+//! are over all rounds, the ratio is the median of the rounds' ratios (their range beside it),
+//! so one noisy moment of this shared machine does not decide a row.
 
 #![allow(
     clippy::unwrap_used,
@@ -171,22 +174,64 @@ fn rate(events: usize, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64()
 }
 
-fn report(backend: &str, workload: Workload, store: Duration, raw: Option<Duration>) {
-    let store_rate = rate(workload.events(), store);
-    match raw {
-        Some(raw) => {
-            let raw_rate = rate(workload.events(), raw);
+fn report(backend: &str, workload: Workload, rounds: &[(Duration, Option<Duration>)]) {
+    let events = workload.events() * rounds.len();
+    let store: Duration = rounds.iter().map(|(store, _)| *store).sum();
+    let store_rate = rate(events, store);
+    let raws: Option<Vec<Duration>> = rounds.iter().map(|(_, raw)| *raw).collect();
+    match raws {
+        Some(raws) => {
+            let raw_rate = rate(events, raws.iter().sum());
+            let mut ratios: Vec<f64> = rounds
+                .iter()
+                .zip(&raws)
+                .map(|((store, _), raw)| raw.as_secs_f64() / store.as_secs_f64())
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            let range = format!("{:.2}-{:.2}", ratios[0], ratios[ratios.len() - 1]);
             println!(
-                "| {backend:<10} | {:<34} | {store_rate:>12.0} | {raw_rate:>12.0} | {:>6.2} |",
+                "| {backend:<10} | {:<34} | {store_rate:>12.0} | {raw_rate:>12.0} | {median:>6.2} | {range:>11} |",
                 workload.name,
-                store_rate / raw_rate
             );
         }
         None => println!(
-            "| {backend:<10} | {:<34} | {store_rate:>12.0} | {:>12} | {:>6} |",
-            workload.name, "-", "-"
+            "| {backend:<10} | {:<34} | {store_rate:>12.0} | {:>12} | {:>6} | {:>11} |",
+            workload.name, "-", "-", "-"
         ),
     }
+}
+
+/// How many rounds of raw and store each SQL row runs.
+fn rounds() -> usize {
+    std::env::var("NURSERY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5usize)
+        .max(1)
+}
+
+/// Raw inserts and the store, `rounds()` times, alternating which goes first (neither always
+/// meets a warmer table); each round on streams of its own.
+async fn rounds_of<R, RF, S, SF>(run: usize, raw: R, store: S) -> Vec<(Duration, Option<Duration>)>
+where
+    R: Fn(usize) -> RF,
+    RF: Future<Output = Duration>,
+    S: Fn(usize) -> SF,
+    SF: Future<Output = Duration>,
+{
+    let mut measured = Vec::new();
+    for round in 0..rounds() {
+        let tag = run * 100 + round;
+        if round % 2 == 0 {
+            let raw = raw(tag).await;
+            measured.push((store(tag).await, Some(raw)));
+        } else {
+            let store = store(tag).await;
+            measured.push((store, Some(raw(tag).await)));
+        }
+    }
+    measured
 }
 
 fn workloads() -> Vec<Workload> {
@@ -209,19 +254,19 @@ fn workloads() -> Vec<Workload> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     println!(
-        "Event store append throughput (events/s); ratio = store / raw sqlx on the same rows\n"
+        "Event store append throughput (events/s); ratio = store / raw sqlx on the same rows (median of the rounds)\n"
     );
     println!(
-        "| backend    | workload                           |  store ev/s  |   raw ev/s   | ratio  |"
+        "| backend    | workload                           |  store ev/s  |   raw ev/s   | ratio  | round range |"
     );
     println!(
-        "|------------|------------------------------------|--------------|--------------|--------|"
+        "|------------|------------------------------------|--------------|--------------|--------|-------------|"
     );
 
     let memory: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
     for (run, workload) in workloads().into_iter().enumerate() {
         let elapsed = store_run(Arc::clone(&memory), workload, run).await;
-        report("memory", workload, elapsed, None);
+        report("memory", workload, &[(elapsed, None)]);
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -243,10 +288,13 @@ async fn main() {
         .unwrap();
     let sqlite: Arc<dyn EventStore> = Arc::new(sqlite);
     for (run, workload) in workloads().into_iter().enumerate() {
-        // Alternate which goes first so neither always meets a warmer file.
-        let raw = raw_sqlite_run(raw_sqlite.clone(), workload, run).await;
-        let store = store_run(Arc::clone(&sqlite), workload, run).await;
-        report("sqlite", workload, store, Some(raw));
+        let measured = rounds_of(
+            run,
+            |tag| raw_sqlite_run(raw_sqlite.clone(), workload, tag),
+            |tag| store_run(Arc::clone(&sqlite), workload, tag),
+        )
+        .await;
+        report("sqlite", workload, &measured);
     }
 
     let Some(db) = BenchDb::create("nursery_bench").await else {
@@ -266,9 +314,13 @@ async fn main() {
         .unwrap();
     let pg: Arc<dyn EventStore> = Arc::new(pg);
     for (run, workload) in workloads().into_iter().enumerate() {
-        let raw = raw_pg_run(raw_pg.clone(), workload, run).await;
-        let store = store_run(Arc::clone(&pg), workload, run).await;
-        report("postgres", workload, store, Some(raw));
+        let measured = rounds_of(
+            run,
+            |tag| raw_pg_run(raw_pg.clone(), workload, tag),
+            |tag| store_run(Arc::clone(&pg), workload, tag),
+        )
+        .await;
+        report("postgres", workload, &measured);
     }
     drop(pg);
     db.drop().await;

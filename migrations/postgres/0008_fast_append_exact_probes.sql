@@ -1,14 +1,16 @@
--- The one-statement append checks each stream's version with exact-key lookups.
+-- The one-statement append checks each stream's version with one exact-key lookup.
 --
 -- 0007 read each stream's version as MAX(sequence), a backward scan of the
 -- (aggregate_type, aggregate_id, sequence) index per stream. Measured in a loop on this
 -- project's machine, 64 such probes took 0.85-1.33 ms, more than inserting the 64 rows
 -- (about 0.55 ms), and 64 exact-key lookups 0.13 ms. Sequences start at 1 and have no gaps, so
--- a stream is at version b exactly when it has a row at sequence b (or b = 0) and none at
--- b + 1: two lookups by the whole key. A stream that expects any version (b < 0) still reads
--- its MAX. When a stream is not where its request expects, nothing is written and the caller
--- plans the batch in full (it reads the versions itself), so the versions answered with a
--- refusal are only markers (-2: not at the expected version).
+-- a stream expecting version b is behind it exactly when it has no row at b (b > 0): one lookup
+-- by the whole key, none for a new stream. A stream that has moved past b already has a row at
+-- b + 1, which the rows inserted here would repeat: the unique (aggregate_type, aggregate_id,
+-- sequence) index refuses them and nothing is written, as it refuses a stored event id. Either
+-- way the caller plans the batch in full (reading the versions itself), so the versions
+-- answered with a refusal are only markers (-2: behind the expected version). A stream that
+-- expects any version (b < 0) still reads its MAX.
 --
 -- The function also keeps one generic plan per statement (see its SET clauses). The body is
 -- otherwise 0007's (migrations are history, so it is repeated).
@@ -38,14 +40,11 @@ BEGIN
                WHEN s.b < 0 THEN
                  COALESCE((SELECT MAX(e.sequence) FROM events e
                            WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i), 0)
-               -- Scalar subqueries, not EXISTS: PostgreSQL may plan an EXISTS as a hash of
-               -- the whole table, cheap while the table is small, and keep that cached plan.
-               WHEN (s.b = 0 OR (SELECT e.sequence FROM events e
-                                 WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
-                                   AND e.sequence = s.b) IS NOT NULL)
-                    AND (SELECT e.sequence FROM events e
-                         WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
-                           AND e.sequence = s.b + 1) IS NULL
+               -- A scalar subquery, not EXISTS: PostgreSQL may plan an EXISTS as a hash of the
+               -- whole table, cheap while the table is small, and keep that cached plan.
+               WHEN s.b = 0 OR (SELECT e.sequence FROM events e
+                                WHERE e.aggregate_type = s.t AND e.aggregate_id = s.i
+                                  AND e.sequence = s.b) IS NOT NULL
                  THEN s.b
                ELSE -2
              END

@@ -455,8 +455,9 @@ impl PostgresStore {
             .await;
         let row = match row {
             Ok(row) => row,
-            // A stored event id (the unique index refused it; nothing was written): planned in
-            // full, which tells a retry from a duplicate.
+            // A stored event id, or a stream that moved past its expected version (a unique
+            // index refused the rows; nothing was written): planned in full, which tells a
+            // retry from a duplicate and reads the stream's version for the conflict.
             Err(sqlx::Error::Database(error))
                 if error.kind() == sqlx::error::ErrorKind::UniqueViolation =>
             {
