@@ -488,9 +488,7 @@ async fn append_planned(
 /// Answers whether the connection still works: a rollback that fails for any reason but
 /// SQLite's own answer (the driver's worker gone, say) means it does not.
 async fn settle(conn: &mut sqlx::SqliteConnection, unsettled: &AtomicBool) -> bool {
-    let alive = |outcome: Result<(), sqlx::Error>| {
-        matches!(outcome, Ok(()) | Err(sqlx::Error::Database(_)))
-    };
+    let alive = |outcome: Result<(), sqlx::Error>| still_works(&outcome);
     let mut works = true;
     if conn.is_in_transaction() {
         works &= alive(
@@ -506,6 +504,12 @@ async fn settle(conn: &mut sqlx::SqliteConnection, unsettled: &AtomicBool) -> bo
         unsettled.store(false, Ordering::SeqCst);
     }
     works
+}
+
+/// Whether a connection that answered `outcome` still works: SQLite's own answer (even an
+/// error, such as "no transaction is active") says it does; the driver's failures say not.
+fn still_works(outcome: &Result<(), sqlx::Error>) -> bool {
+    matches!(outcome, Ok(()) | Err(sqlx::Error::Database(_)))
 }
 
 type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
@@ -807,6 +811,22 @@ mod tests {
         });
         drop(runtime);
         drop(store);
+    }
+
+    /// A rollback SQLite refused leaves a working connection; a driver whose worker is gone
+    /// or whose I/O failed does not, and the writer opens a new one.
+    #[tokio::test]
+    async fn only_the_drivers_failures_mark_the_writer_broken() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let mut conn = store.writer().lock().await.unwrap();
+        let refused = conn.execute("ROLLBACK").await.map(|_| ());
+        assert!(matches!(refused, Err(sqlx::Error::Database(_))));
+        assert!(still_works(&refused));
+        assert!(still_works(&Ok(())));
+        assert!(!still_works(&Err(sqlx::Error::WorkerCrashed)));
+        assert!(!still_works(&Err(sqlx::Error::Io(std::io::Error::other(
+            "gone"
+        )))));
     }
 
     /// The fast append must find the head and each stream's version by searching an index,
