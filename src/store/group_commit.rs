@@ -30,6 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::types::is_outage;
 use super::{AppendRequest, AppendResult, StoreError, StreamId};
 
 /// A store's own append: one batch in one transaction, the unit a round commits.
@@ -125,24 +126,28 @@ impl GroupCommit {
         store: &impl AppendNow,
         own: &[AppendRequest],
     ) -> Result<Vec<AppendResult>, StoreError> {
-        let riders = self.board(own);
+        let mut riders = self.board(own);
         if riders.is_empty() {
             return store.append_now(own).await;
         }
+        // The riders' batches move into the round (each was copied once, when it queued); a
+        // rider's part of the round is the range after the ones before it.
         let mut combined = own.to_vec();
-        for rider in &riders {
-            combined.extend(rider.batch.iter().cloned());
+        let mut sizes = Vec::with_capacity(riders.len());
+        for rider in &mut riders {
+            sizes.push(rider.batch.len());
+            combined.append(&mut rider.batch);
         }
         match store.append_now(&combined).await {
             Ok(mut results) => {
                 let mut others = results.split_off(own.len()).into_iter();
-                for rider in riders {
-                    let theirs = others.by_ref().take(rider.batch.len()).collect();
+                for (rider, size) in riders.into_iter().zip(sizes) {
+                    let theirs = others.by_ref().take(size).collect();
                     let _ = rider.turn.send(Turn::Done(Ok(theirs)));
                 }
                 Ok(results)
             }
-            Err(error) if is_outage(&error) => {
+            Err(error) if round_outage(&error) => {
                 // The database is away: every batch of the round would fail alike, and trying
                 // each alone would only keep the queue waiting behind one timeout per batch.
                 for rider in riders {
@@ -152,8 +157,10 @@ impl GroupCommit {
             }
             Err(_) => {
                 // Each batch again on its own, so the failure stays with whoever caused it.
-                for rider in riders {
-                    let result = store.append_now(&rider.batch).await;
+                let mut start = own.len();
+                for (rider, size) in riders.into_iter().zip(sizes) {
+                    let result = store.append_now(&combined[start..start + size]).await;
+                    start += size;
                     let _ = rider.turn.send(Turn::Done(result));
                 }
                 store.append_now(own).await
@@ -214,11 +221,10 @@ impl GroupCommit {
     }
 }
 
-/// Whether a round failed because the database could not be reached (no connection, a pool
-/// timeout, a crashed driver), not because of something in a batch (the database refusing a
-/// statement answers a `Database` error).
-fn is_outage(error: &StoreError) -> bool {
-    matches!(error, StoreError::Unavailable(cause) if !matches!(cause, sqlx::Error::Database(_)))
+/// Whether a round failed because the database could not be reached, not because of something
+/// in a batch (the database refusing a statement).
+fn round_outage(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(cause) if is_outage(cause))
 }
 
 /// The outage as each rider's own error (the driver's errors do not clone).

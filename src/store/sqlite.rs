@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
-use super::types::{from_micros, to_i64, to_u64};
+use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
     AppendRequest, AppendResult, Appended, EventStore, Metadata, PayloadFormat, RecordedEvent,
     Snapshot, StoreError, StreamId, sqlite_migrator,
@@ -116,22 +116,24 @@ impl SqliteWriter {
     ///
     /// One user at a time: a task that holds the guard must drop it before it appends, saves
     /// a snapshot or commits through the SQLite read store, or it waits for itself forever.
-    /// A connection found broken while settling (its driver thread gone) is replaced.
+    /// A file's connection found broken while settling (its driver thread gone) is replaced.
     pub async fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
-        let mut guard = WriterGuard {
-            conn: match &self.connection {
-                WriterConnection::Held { connection, .. } => Taken::Held(connection.lock().await),
-                WriterConnection::Pooled(pool) => Taken::Pooled(pool.acquire().await?),
-            },
+        let conn = match &self.connection {
+            // A pooled connection was settled by the pool's release hook on its way back.
+            WriterConnection::Pooled(pool) => Taken::Pooled(pool.acquire().await?),
+            WriterConnection::Held {
+                connection,
+                options,
+            } => {
+                let mut conn = connection.lock().await;
+                if !settle(&mut conn, &self.unsettled).await {
+                    tracing::warn!("the SQLite writer connection broke; opening a new one");
+                    *conn = sqlx::ConnectOptions::connect(options.as_ref()).await?;
+                }
+                Taken::Held(conn)
+            }
         };
-        let works = settle(&mut guard, &self.unsettled).await;
-        if let (false, Taken::Held(conn), WriterConnection::Held { options, .. }) =
-            (works, &mut guard.conn, &self.connection)
-        {
-            tracing::warn!("the SQLite writer connection broke; opening a new one");
-            **conn = sqlx::ConnectOptions::connect(options.as_ref()).await?;
-        }
-        Ok(guard)
+        Ok(WriterGuard { conn })
     }
 
     /// Runs `work`, a statement list that opens and commits its own transaction (one round
@@ -180,7 +182,9 @@ impl SqliteStore {
                 .after_release(move |conn, _| {
                     let flag = Arc::clone(&flag);
                     Box::pin(async move {
-                        settle(conn, &flag).await;
+                        // Kept even if it broke: a new connection would be a new, empty
+                        // database.
+                        let _works = settle(conn, &flag).await;
                         Ok(true)
                     })
                 })
@@ -507,9 +511,9 @@ async fn settle(conn: &mut sqlx::SqliteConnection, unsettled: &AtomicBool) -> bo
 }
 
 /// Whether a connection that answered `outcome` still works: SQLite's own answer (even an
-/// error, such as "no transaction is active") says it does; the driver's failures say not.
+/// error, such as "no transaction is active") says it does; an outage of the driver says not.
 fn still_works(outcome: &Result<(), sqlx::Error>) -> bool {
-    matches!(outcome, Ok(()) | Err(sqlx::Error::Database(_)))
+    outcome.as_ref().err().is_none_or(|error| !is_outage(error))
 }
 
 type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);

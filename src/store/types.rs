@@ -268,6 +268,13 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Whether a driver error means the database could not be reached or the driver itself failed
+/// (no connection, a pool timeout, a crashed worker, broken I/O), rather than the database
+/// answering with a refusal of its own.
+pub(crate) fn is_outage(error: &sqlx::Error) -> bool {
+    !matches!(error, sqlx::Error::Database(_))
+}
+
 /// Converts a stored signed integer into an unsigned one, naming the column on failure.
 pub(crate) fn to_u64(value: i64, column: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Internal(format!("negative {column}: {value}")))

@@ -183,6 +183,18 @@ mod sqlite_writer {
         assert_eq!(positions, (1..=all.len() as u64).collect::<Vec<_>>());
         assert!(all.len() >= 100);
     }
+
+    /// In memory the writer stays in a pool of one, which its readers share, and the pool's
+    /// release hook (not `lock`) ends what a cut-off caller left open: the conformance case
+    /// for cut-off appends and snapshot saves, on that path.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_memory_cut_off_appends_store_all_or_nothing() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        super::scenarios::an_append_cut_off_at_any_point_stores_all_or_nothing(
+            std::sync::Arc::new(store),
+        )
+        .await;
+    }
 }
 
 /// On PostgreSQL the read store shares the event store's pool. A read-store commit, promotion
