@@ -133,7 +133,7 @@ async fn commit(
     metrics::histogram!("nursery_journal_batch_requests").record(batch.len() as f64);
     match store.append_batch(&batch).await {
         Ok(results) => {
-            let published = committed_events(&batch, &results);
+            let published = committed_events(batch, &results);
             metrics::counter!("nursery_events_appended_total").increment(published.len() as u64);
             // Publish before replying: a caller that reads its own write through a subscriber
             // never finds the broker behind its answer.
@@ -156,10 +156,14 @@ async fn commit(
     }
 }
 
-/// The events a batch committed, as readers will see them, in position order.
-fn committed_events(batch: &[AppendRequest], results: &[AppendResult]) -> Vec<Arc<RecordedEvent>> {
+/// The events a batch committed, as readers will see them, in position order. Takes the batch:
+/// its payloads move into the published events instead of being copied.
+fn committed_events(
+    batch: Vec<AppendRequest>,
+    results: &[AppendResult],
+) -> Vec<Arc<RecordedEvent>> {
     let mut events = Vec::new();
-    for (request, result) in batch.iter().zip(results) {
+    for (request, result) in batch.into_iter().zip(results) {
         let Ok(appended) = result else { continue };
         let Some(first_position) = appended.first_position else {
             continue;
@@ -167,17 +171,17 @@ fn committed_events(batch: &[AppendRequest], results: &[AppendResult]) -> Vec<Ar
         // An exact retry answers the first append's positions; the broker drops positions it
         // has already published, so they are not delivered twice.
         let first_sequence = appended.version + 1 - request.events.len() as u64;
-        for (offset, event) in (0u64..).zip(&request.events) {
+        for (offset, event) in (0u64..).zip(request.events) {
             events.push(Arc::new(RecordedEvent {
                 stream: request.stream.clone(),
                 sequence: first_sequence + offset,
                 position: first_position + offset,
                 event_id: event.event_id,
-                event_type: event.event_type.clone(),
+                event_type: event.event_type,
                 revision: event.revision,
                 format: event.format,
-                payload: event.payload.clone(),
-                metadata: event.metadata.clone(),
+                payload: event.payload,
+                metadata: event.metadata,
                 recorded_at: appended.recorded_at,
             }));
         }
