@@ -15,7 +15,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Metadata, NewEvent, RecordedEvent, StoreError, StreamId};
+use super::{EncodedEvent, Metadata, NewEvent, RecordedEvent, StoreError, StreamId};
 use crate::domain::{EventSet, PayloadDecoder};
 
 /// How a payload is encoded. Stored with every row, so a store can change its default format
@@ -187,36 +187,45 @@ impl Codec {
     /// type, a revision from the future or a corrupt payload is a typed error naming the stream
     /// and the sequence, never a panic.
     pub fn decode_event<E: EventSet>(&self, record: &RecordedEvent) -> Result<E, StoreError> {
+        self.decode_encoded(&record.stream, record.encoded())
+    }
+
+    /// Decodes an event of `stream` as a replay read it; as [`Codec::decode_event`].
+    pub fn decode_encoded<E: EventSet>(
+        &self,
+        stream: &StreamId,
+        event: EncodedEvent<'_>,
+    ) -> Result<E, StoreError> {
         let unknown = || StoreError::UnknownEventType {
-            stream: record.stream.clone(),
-            sequence: record.sequence,
-            event_type: record.event_type.clone(),
-            revision: record.revision,
+            stream: stream.clone(),
+            sequence: event.sequence,
+            event_type: event.event_type.to_owned(),
+            revision: event.revision,
         };
-        let current = E::revision_of(&record.event_type).ok_or_else(unknown)?;
+        let current = E::revision_of(event.event_type).ok_or_else(unknown)?;
         let corrupt = |reason: String| StoreError::Corrupt {
-            stream: record.stream.clone(),
-            sequence: record.sequence,
+            stream: stream.clone(),
+            sequence: event.sequence,
             reason,
         };
-        let decoded = if record.revision == current {
+        let decoded = if event.revision == current {
             E::decode(
-                &record.event_type,
+                event.event_type,
                 BytesDecoder {
-                    format: record.format,
-                    bytes: &record.payload,
+                    format: event.format,
+                    bytes: event.payload,
                 },
             )
-        } else if record.revision < current {
-            let value: Value = record.format.decode(&record.payload).map_err(corrupt)?;
+        } else if event.revision < current {
+            let value: Value = event.format.decode(event.payload).map_err(corrupt)?;
             let value = self
                 .upcasters
-                .upcast(&record.event_type, record.revision, current, value)
+                .upcast(event.event_type, event.revision, current, value)
                 .map_err(|error| match error {
                     UpcastError::Missing => unknown(),
                     UpcastError::Failed(reason) => corrupt(format!("upcasting failed: {reason}")),
                 })?;
-            E::decode(&record.event_type, ValueDecoder(value))
+            E::decode(event.event_type, ValueDecoder(value))
         } else {
             return Err(unknown());
         };

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::plan::{StoredId, plan, stored_now};
 use super::{
-    AppendRequest, AppendResult, EventStore, RecordedEvent, Snapshot, StoreError, StreamId,
+    AppendRequest, AppendResult, EventStore, NewestFirst, RecordedEvent, Snapshot, StoreError,
+    StreamId,
 };
 
 /// An event store in memory.
@@ -120,6 +121,28 @@ impl EventStore for MemoryStore {
             .take(max)
             .cloned()
             .collect())
+    }
+
+    async fn recent_command_ids(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let inner = self.lock();
+        let mut recent = NewestFirst::new(max);
+        if let Some(indexes) = inner.streams.get(stream) {
+            for event in indexes.iter().rev().map(|&i| &inner.events[i]) {
+                if event.sequence > to {
+                    continue;
+                }
+                if event.sequence < from || recent.offer(event.metadata.command_id) {
+                    break;
+                }
+            }
+        }
+        Ok(recent.into_ids())
     }
 
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {

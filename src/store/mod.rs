@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
+use uuid::Uuid;
 
 pub use codec::{Codec, PayloadFormat, Upcasters};
 pub use memory::MemoryStore;
@@ -42,12 +43,16 @@ pub use postgres::{LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL, PostgresStore};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use sqlite::{SqliteStore, SqliteWriter, WriterGuard};
 pub use types::{
-    AppendRequest, Appended, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Snapshot,
-    StoreError, StreamId,
+    AppendRequest, Appended, EncodedEvent, ExpectedVersion, Metadata, NewEvent, RecordedEvent,
+    Snapshot, StoreError, StreamId,
 };
 
 /// How many rows one page of a streaming read fetches.
 pub const PAGE_SIZE: usize = 1_000;
+
+/// How many rows one page of [`EventStore::recent_command_ids`] reads backwards: a command
+/// usually causes one to three events, so one page is almost always enough.
+pub(crate) const RECENT_PAGE: usize = 64;
 
 /// The outcome of one request of an [`EventStore::append_batch`].
 pub type AppendResult = Result<Appended, StoreError>;
@@ -73,6 +78,61 @@ pub trait EventStore: Send + Sync + 'static {
         to: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Replays up to `max` events of one stream with `from <= sequence <= to`, in order: hands
+    /// each to `visit`, borrowed from the row it was read from, and answers how many it handed
+    /// over. Reads only what decoding needs (no ids, times or metadata), which is what makes
+    /// loading an aggregate fast; an error from `visit` stops the replay and is answered.
+    ///
+    /// The default reads the events with [`EventStore::read_stream`]; the SQL stores read less.
+    async fn replay_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+        visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
+    ) -> Result<usize, StoreError> {
+        let events = self.read_stream(stream, from, to, max).await?;
+        for event in &events {
+            visit(event.encoded())?;
+        }
+        Ok(events.len())
+    }
+
+    /// The ids of the commands behind the events of one stream with `from <= sequence <= to`:
+    /// each id once, the newest first (by the last event it caused), at most `max`. Events
+    /// without a command id are skipped. This is what an aggregate needs to recognise a repeated
+    /// command after it was loaded, without reading every event's metadata.
+    ///
+    /// The default pages through the range with [`EventStore::read_stream`]; the stores here
+    /// read backwards from `to` and stop as soon as they have `max` ids.
+    async fn recent_command_ids(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut newest_last = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let page = self.read_stream(stream, next, to, PAGE_SIZE).await?;
+            let Some(last) = page.last() else { break };
+            next = last.sequence.saturating_add(1);
+            newest_last.extend(page.iter().map(|e| e.metadata.command_id));
+            if page.len() < PAGE_SIZE || next == u64::MAX {
+                break;
+            }
+        }
+        let mut recent = NewestFirst::new(max);
+        for id in newest_last.into_iter().rev() {
+            if recent.offer(id) {
+                break;
+            }
+        }
+        Ok(recent.into_ids())
+    }
 
     /// Reads up to `max` events in global order with `position >= from`.
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError>;
@@ -109,6 +169,34 @@ pub trait EventStoreExt: EventStore {
 }
 
 impl<S: EventStore + ?Sized> EventStoreExt for S {}
+
+/// Collects the command ids of a stream's events offered newest first: each id once, at most
+/// `max` (see [`EventStore::recent_command_ids`]).
+pub(crate) struct NewestFirst {
+    ids: Vec<Uuid>,
+    max: usize,
+}
+
+impl NewestFirst {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(max.min(64)),
+            max,
+        }
+    }
+
+    /// Offers the command id of the next older event; answers whether `max` ids are in.
+    pub(crate) fn offer(&mut self, id: Option<Uuid>) -> bool {
+        if let Some(id) = id.filter(|id| self.ids.len() < self.max && !self.ids.contains(id)) {
+            self.ids.push(id);
+        }
+        self.ids.len() >= self.max
+    }
+
+    pub(crate) fn into_ids(self) -> Vec<Uuid> {
+        self.ids
+    }
+}
 
 /// Streams one stream's events with `sequence >= from`, a page at a time, so a 10k-event stream
 /// is never held in memory at once.

@@ -40,8 +40,8 @@ use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EventStore, Metadata, PayloadFormat, RecordedEvent,
-    Snapshot, StoreError, StreamId, postgres_migrator,
+    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, NewestFirst,
+    PayloadFormat, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
 };
 
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
@@ -176,6 +176,78 @@ impl EventStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(record).collect()
+    }
+
+    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    async fn replay_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+        visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
+    ) -> Result<usize, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sequence, event_type, payload_revision, payload_format, payload FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
+             ORDER BY sequence LIMIT $5",
+        )
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .bind(clamp(from))
+        .bind(clamp(to))
+        .bind(clamp(max as u64))
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            visit(EncodedEvent::from_columns(
+                stream,
+                row.try_get(0)?,
+                row.try_get(1)?,
+                i64::from(row.try_get::<i32, _>(2)?),
+                i64::from(row.try_get::<i16, _>(3)?),
+                row.try_get(4)?,
+            )?)?;
+        }
+        Ok(rows.len())
+    }
+
+    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    async fn recent_command_ids(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut recent = NewestFirst::new(max);
+        let mut upper = to;
+        while upper >= from && max > 0 {
+            let rows = sqlx::query(
+                "SELECT sequence, metadata::text FROM events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
+                 ORDER BY sequence DESC LIMIT $5",
+            )
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .bind(clamp(from))
+            .bind(clamp(upper))
+            .bind(clamp(RECENT_PAGE as u64))
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                let sequence = to_u64(row.try_get(0)?, "sequence")?;
+                let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
+                if recent.offer(metadata.command_id) {
+                    return Ok(recent.into_ids());
+                }
+                upper = sequence.saturating_sub(1);
+            }
+            if rows.len() < RECENT_PAGE || upper == 0 {
+                break;
+            }
+        }
+        Ok(recent.into_ids())
     }
 
     #[instrument(skip_all, fields(from, max), err)]

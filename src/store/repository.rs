@@ -4,19 +4,17 @@
 //!
 //! Must not touch: actors (the aggregate actor drives a repository), projections, HTTP.
 
-use crate::store::RecordedEvent;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures_util::StreamExt;
 use tracing::{instrument, warn};
 use uuid::Uuid;
 
 use super::{
-    AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata, Snapshot,
-    StoreError, StreamId, stream_events,
+    AppendRequest, Appended, Codec, EncodedEvent, EventStore, EventStoreExt, ExpectedVersion,
+    Metadata, NewestFirst, PAGE_SIZE, Snapshot, StoreError, StreamId,
 };
 use crate::domain::Aggregate;
 
@@ -57,13 +55,28 @@ pub struct Loaded<A> {
     pub version: u64,
     /// How many events were folded on top of the snapshot (or from scratch).
     pub replayed: u64,
-    /// The command ids of the latest events folded (up to 16, oldest first), so a repeated
-    /// command is recognised after a restart.
+    /// The command ids of the latest events folded (up to 16, oldest first, among the last 256
+    /// events of a load), so a repeated command is recognised after a restart.
     pub recent_commands: Vec<Uuid>,
 }
 
 /// How many recent command ids [`Loaded`] keeps.
 const RECENT_COMMANDS: usize = 16;
+
+/// How many of the latest events a load looks at for their command ids: a stream whose events
+/// mostly carry none is not read backwards in full.
+const RECENT_WINDOW: u64 = 256;
+
+/// Adds the command ids of events just folded (`newest`, newest first) to those `loaded`
+/// remembers (oldest first): an id seen again moves to its newer place, and only the latest
+/// [`RECENT_COMMANDS`] stay.
+fn remember<A>(loaded: &mut Loaded<A>, newest: Vec<Uuid>) {
+    let recent = &mut loaded.recent_commands;
+    recent.retain(|id| !newest.contains(id));
+    recent.extend(newest.into_iter().rev());
+    let excess = recent.len().saturating_sub(RECENT_COMMANDS);
+    recent.drain(..excess);
+}
 
 /// Loads and saves aggregates of type `A`.
 pub struct Repository<A> {
@@ -191,49 +204,68 @@ impl<A: Aggregate> Repository<A> {
         }
         // The page read is folded, not read again; what lies beyond it is folded after.
         for record in &missed {
-            self.fold_record(&stream, &mut loaded, record)?;
+            self.fold_event(&stream, &mut loaded, record.encoded())?;
         }
+        let mut recent = NewestFirst::new(RECENT_COMMANDS);
+        for record in missed.iter().rev() {
+            if recent.offer(record.metadata.command_id) {
+                break;
+            }
+        }
+        remember(&mut loaded, recent.into_ids());
         if missed.len() < interval {
             return Ok(loaded);
         }
         self.fold(&stream, loaded).await
     }
 
-    /// Folds the events after `loaded.version`, a page at a time.
+    /// Folds the events after `loaded.version`, a page at a time, each decoded straight from
+    /// the row the store read; then reads the command ids of the latest of them (a page read
+    /// backwards, at most four), so folding never touches the events' metadata.
     async fn fold(&self, stream: &StreamId, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         let mut loaded = loaded;
-        let mut events = stream_events(self.store.as_ref(), stream, loaded.version + 1);
-        while let Some(record) = events.next().await {
-            self.fold_record(stream, &mut loaded, &record?)?;
+        let first = loaded.version.saturating_add(1);
+        loop {
+            let next = loaded.version.saturating_add(1);
+            let folded = self
+                .store
+                .replay_stream(stream, next, u64::MAX, PAGE_SIZE, &mut |event| {
+                    self.fold_event(stream, &mut loaded, event)
+                })
+                .await?;
+            if folded < PAGE_SIZE {
+                break;
+            }
+        }
+        if loaded.version >= first {
+            let window = first.max(loaded.version.saturating_sub(RECENT_WINDOW - 1));
+            let newest = self
+                .store
+                .recent_command_ids(stream, window, loaded.version, RECENT_COMMANDS)
+                .await?;
+            remember(&mut loaded, newest);
         }
         Ok(loaded)
     }
 
-    /// Folds one stored event into `loaded`: its state, version, count and recent command ids.
-    fn fold_record(
+    /// Folds one stored event into `loaded`: its state, version and count.
+    fn fold_event(
         &self,
         stream: &StreamId,
         loaded: &mut Loaded<A>,
-        record: &RecordedEvent,
+        event: EncodedEvent<'_>,
     ) -> Result<(), StoreError> {
-        let event = self.codec.decode_event::<A::Event>(record)?;
+        let decoded = self.codec.decode_encoded::<A::Event>(stream, event)?;
         // A panic in `apply` while loading becomes an error, so the actor's supervisor
         // restarts it with backoff instead of the task vanishing.
-        if catch_unwind(AssertUnwindSafe(|| loaded.state.apply(&event))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| loaded.state.apply(&decoded))).is_err() {
             return Err(StoreError::Corrupt {
                 stream: stream.clone(),
-                sequence: record.sequence,
+                sequence: event.sequence,
                 reason: "applying the event panicked".into(),
             });
         }
-        let recent = &mut loaded.recent_commands;
-        if let Some(id) = record.metadata.command_id.filter(|id| !recent.contains(id)) {
-            if recent.len() == RECENT_COMMANDS {
-                recent.remove(0);
-            }
-            recent.push(id);
-        }
-        loaded.version = record.sequence;
+        loaded.version = event.sequence;
         loaded.replayed += 1;
         Ok(())
     }

@@ -103,6 +103,22 @@ impl Metadata {
     }
 }
 
+/// A stored event as a replay reads it: only what decoding and folding need, borrowed from the
+/// row it was read from (see [`super::EventStore::replay_stream`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncodedEvent<'a> {
+    /// Its number within the stream.
+    pub sequence: u64,
+    /// The stored event type name.
+    pub event_type: &'a str,
+    /// The payload revision it was written with.
+    pub revision: u32,
+    /// How the payload is encoded.
+    pub format: PayloadFormat,
+    /// The encoded payload.
+    pub payload: &'a [u8],
+}
+
 /// An event as it is handed to the store: encoded, not yet numbered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
@@ -143,6 +159,48 @@ pub struct RecordedEvent {
     pub metadata: Metadata,
     /// When the store recorded it.
     pub recorded_at: DateTime<Utc>,
+}
+
+impl<'a> EncodedEvent<'a> {
+    /// An event of `stream` from the columns a SQL store reads for a replay; a format or a
+    /// revision out of range is an error naming the stream and the sequence.
+    pub(crate) fn from_columns(
+        stream: &StreamId,
+        sequence: i64,
+        event_type: &'a str,
+        revision: i64,
+        format_code: i64,
+        payload: &'a [u8],
+    ) -> Result<Self, StoreError> {
+        let sequence = to_u64(sequence, "sequence")?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            stream: stream.clone(),
+            sequence,
+            reason,
+        };
+        Ok(Self {
+            sequence,
+            event_type,
+            revision: u32::try_from(revision)
+                .map_err(|_| corrupt(format!("payload revision {revision} out of range")))?,
+            format: PayloadFormat::from_code(format_code)
+                .ok_or_else(|| corrupt(format!("unknown payload format {format_code}")))?,
+            payload,
+        })
+    }
+}
+
+impl RecordedEvent {
+    /// What a replay of this event reads.
+    pub fn encoded(&self) -> EncodedEvent<'_> {
+        EncodedEvent {
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            revision: self.revision,
+            format: self.format,
+            payload: &self.payload,
+        }
+    }
 }
 
 /// One append: events for one stream, with the version the writer expects the stream to have.

@@ -4,10 +4,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use uuid::Uuid;
 
 use crate::store::{
-    AppendRequest, AppendResult, EventStore, EventStoreExt, ExpectedVersion, NewEvent,
-    RecordedEvent, Snapshot, StoreError, StreamId,
+    AppendRequest, AppendResult, EncodedEvent, EventStore, EventStoreExt, ExpectedVersion,
+    NewEvent, RecordedEvent, Snapshot, StoreError, StreamId,
 };
 
 /// Wraps a store; the next N appends can fail (the database is down), be rejected (each request
@@ -148,6 +149,27 @@ impl EventStore for FaultyStore {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.inner.read_stream(stream, from, to, max).await
+    }
+
+    async fn replay_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+        visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
+    ) -> Result<usize, StoreError> {
+        self.inner.replay_stream(stream, from, to, max, visit).await
+    }
+
+    async fn recent_command_ids(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.inner.recent_command_ids(stream, from, to, max).await
     }
 
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {

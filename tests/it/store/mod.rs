@@ -260,6 +260,8 @@ all_backends!(
     empty_store_has_head_zero,
     round_trip_keeps_every_field,
     replays_are_bounded_by_from_to_and_max,
+    replays_hand_over_what_decoding_needs_within_the_same_bounds,
+    recent_command_ids_are_the_newest_distinct_in_range,
     a_wrong_expected_version_conflicts_and_writes_nothing,
     sixty_four_racers_on_one_stream_exactly_one_wins,
     sixty_four_racers_on_sixty_four_streams_all_win,
@@ -282,3 +284,81 @@ all_backends!(
     a_batch_of_a_thousand_streams_commits,
     an_append_cut_off_at_any_point_stores_all_or_nothing,
 );
+
+/// A store that implements only what [`EventStore`] requires, over the in-memory one: the
+/// trait's own replay and recent-command reads (what a host's store gets) keep the contract.
+mod trait_defaults {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use nursery::store::{
+        AppendRequest, AppendResult, EventStore, MemoryStore, RecordedEvent, Snapshot, StoreError,
+        StreamId,
+    };
+
+    struct Plain(MemoryStore);
+
+    #[async_trait]
+    impl EventStore for Plain {
+        async fn append_batch(
+            &self,
+            batch: &[AppendRequest],
+        ) -> Result<Vec<AppendResult>, StoreError> {
+            self.0.append_batch(batch).await
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &StreamId,
+            from: u64,
+            to: u64,
+            max: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.0.read_stream(stream, from, to, max).await
+        }
+
+        async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.0.read_all(from, max).await
+        }
+
+        async fn head(&self) -> Result<u64, StoreError> {
+            self.0.head().await
+        }
+
+        async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+            self.0.stream_version(stream).await
+        }
+
+        async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
+            self.0.save_snapshot(snapshot, keep).await
+        }
+
+        async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+            self.0.latest_snapshot(stream).await
+        }
+
+        async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {
+            self.0.snapshot_count(stream).await
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.0.ping().await
+        }
+    }
+
+    #[tokio::test]
+    async fn replays_hand_over_what_decoding_needs_within_the_same_bounds() {
+        super::scenarios::replays_hand_over_what_decoding_needs_within_the_same_bounds(Arc::new(
+            Plain(MemoryStore::new()),
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn recent_command_ids_are_the_newest_distinct_in_range() {
+        super::scenarios::recent_command_ids_are_the_newest_distinct_in_range(Arc::new(Plain(
+            MemoryStore::new(),
+        )))
+        .await;
+    }
+}

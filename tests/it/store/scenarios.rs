@@ -174,6 +174,156 @@ pub async fn replays_are_bounded_by_from_to_and_max(store: Store) {
     );
 }
 
+/// A replay hands over what decoding needs, exactly as the full read has it, with the same
+/// bounds; an error from the visitor stops it and is answered.
+pub async fn replays_hand_over_what_decoding_needs_within_the_same_bounds(store: Store) {
+    let stream = pot("replayed");
+    append_n(&store, &stream, 0, 5).await;
+    for (from, to, max) in [
+        (1, u64::MAX, usize::MAX),
+        (2, 4, 100),
+        (2, u64::MAX, 2),
+        (4, 2, 100),
+        (6, u64::MAX, 100),
+        (3, 3, 0),
+    ] {
+        let read = store.read_stream(&stream, from, to, max).await.unwrap();
+        let mut replayed = Vec::new();
+        let count = store
+            .replay_stream(&stream, from, to, max, &mut |event| {
+                replayed.push((
+                    event.sequence,
+                    event.event_type.to_owned(),
+                    event.revision,
+                    event.format,
+                    event.payload.to_vec(),
+                ));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let expected: Vec<_> = read
+            .iter()
+            .map(|e| {
+                (
+                    e.sequence,
+                    e.event_type.clone(),
+                    e.revision,
+                    e.format,
+                    e.payload.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(count, read.len(), "from {from} to {to} max {max}");
+        assert_eq!(replayed, expected, "from {from} to {to} max {max}");
+    }
+    let mut seen = 0;
+    let stopped = store
+        .replay_stream(&stream, 1, u64::MAX, 100, &mut |event| {
+            seen += 1;
+            if event.sequence == 2 {
+                return Err(StoreError::InvalidInput("stop at 2".into()));
+            }
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(&stopped, Err(StoreError::InvalidInput(reason)) if reason == "stop at 2"),
+        "{stopped:?}"
+    );
+    assert_eq!(seen, 2);
+    let mut none = 0;
+    let count = store
+        .replay_stream(&pot("nothing"), 1, u64::MAX, 100, &mut |_| {
+            none += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!((count, none), (0, 0));
+}
+
+/// The ids of the commands behind a stream's latest events: each once, newest first, within
+/// the range, at most as many as asked, also when they lie more than a page back; a load
+/// remembers them oldest first.
+pub async fn recent_command_ids_are_the_newest_distinct_in_range(store: Store) {
+    let stream = pot("commanded");
+    let commands: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    let repeated = Uuid::now_v7();
+    let with = |command: Option<Uuid>, leaves: u32| {
+        codec()
+            .encode_event(
+                &PotEvent::from(Pruned { leaves }),
+                Metadata {
+                    command_id: command,
+                    ..Metadata::default()
+                },
+            )
+            .unwrap()
+    };
+    // 1-10: one event per command; 11-15: no command; 16-155: one command's 140 events.
+    let mut events: Vec<NewEvent> = (0u32..)
+        .zip(&commands)
+        .map(|(i, c)| with(Some(*c), i))
+        .collect();
+    events.extend((0..5).map(|i| with(None, i)));
+    events.extend((0..140).map(|i| with(Some(repeated), i)));
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), events))
+        .await
+        .unwrap();
+    let newest: Vec<Uuid> = commands.iter().rev().copied().collect();
+    let recent = |from, to, max| {
+        let store = Arc::clone(&store);
+        let stream = stream.clone();
+        async move {
+            store
+                .recent_command_ids(&stream, from, to, max)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(recent(1, 155, 3).await, [repeated, newest[0], newest[1]]);
+    let all: Vec<Uuid> = std::iter::once(repeated)
+        .chain(newest.iter().copied())
+        .collect();
+    assert_eq!(recent(1, 155, 16).await, all);
+    assert_eq!(recent(1, u64::MAX, 16).await, all);
+    assert_eq!(recent(3, 155, 16).await, all[..9]);
+    assert_eq!(recent(1, 5, 16).await, newest[5..]);
+    assert_eq!(recent(11, 15, 16).await, Vec::<Uuid>::new());
+    assert_eq!(recent(1, 155, 0).await, Vec::<Uuid>::new());
+    assert_eq!(recent(9, 2, 16).await, Vec::<Uuid>::new());
+    assert_eq!(
+        store
+            .recent_command_ids(&pot("nothing"), 1, u64::MAX, 16)
+            .await
+            .unwrap(),
+        Vec::<Uuid>::new()
+    );
+    let repository = Repository::<Pot>::new(Arc::clone(&store), codec(), SnapshotPolicy::NEVER);
+    let loaded = repository.load("commanded").await.unwrap();
+    assert_eq!(loaded.version, 155);
+    let oldest_first: Vec<Uuid> = all.iter().rev().copied().collect();
+    assert_eq!(loaded.recent_commands, oldest_first);
+    // A load looks at the latest 256 events only: 300 more without a command leave none.
+    store
+        .append(request(
+            &stream,
+            ExpectedVersion::Exact(155),
+            (0..300).map(|i| with(None, i)).collect(),
+        ))
+        .await
+        .unwrap();
+    let loaded = repository.load("commanded").await.unwrap();
+    assert_eq!((loaded.version, loaded.recent_commands), (455, Vec::new()));
+    assert_eq!(
+        recent(1, 455, 16).await,
+        all,
+        "the store itself reads as far back as asked"
+    );
+}
+
 pub async fn a_wrong_expected_version_conflicts_and_writes_nothing(store: Store) {
     let stream = pot("conflict");
     append_n(&store, &stream, 0, 2).await;
