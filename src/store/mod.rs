@@ -198,6 +198,36 @@ impl NewestFirst {
     }
 }
 
+/// The loop of [`EventStore::recent_command_ids`] for a store that reads pages backwards:
+/// `page(upper)` answers the events with `from <= sequence <= upper`, newest first, at most
+/// [`RECENT_PAGE`] of them, as their sequences and command ids. Stops as soon as `max` ids are in.
+pub(crate) async fn recent_backwards<F, Fut>(
+    from: u64,
+    to: u64,
+    max: usize,
+    mut page: F,
+) -> Result<Vec<Uuid>, StoreError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<Vec<(u64, Option<Uuid>)>, StoreError>>,
+{
+    let mut recent = NewestFirst::new(max);
+    let mut upper = to;
+    while upper >= from && max > 0 {
+        let rows = page(upper).await?;
+        for &(sequence, id) in &rows {
+            if recent.offer(id) {
+                return Ok(recent.into_ids());
+            }
+            upper = sequence.saturating_sub(1);
+        }
+        if rows.len() < RECENT_PAGE || upper == 0 {
+            break;
+        }
+    }
+    Ok(recent.into_ids())
+}
+
 /// Streams one stream's events with `sequence >= from`, a page at a time, so a 10k-event stream
 /// is never held in memory at once.
 pub fn stream_events<'a>(

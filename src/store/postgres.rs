@@ -40,8 +40,9 @@ use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, NewestFirst,
-    PayloadFormat, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
+    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, PayloadFormat,
+    RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
+    recent_backwards,
 };
 
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
@@ -220,9 +221,7 @@ impl EventStore for PostgresStore {
         to: u64,
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut recent = NewestFirst::new(max);
-        let mut upper = to;
-        while upper >= from && max > 0 {
+        recent_backwards(from, to, max, |upper| async move {
             let rows = sqlx::query(
                 "SELECT sequence, metadata::text FROM events \
                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
@@ -235,19 +234,15 @@ impl EventStore for PostgresStore {
             .bind(clamp(RECENT_PAGE as u64))
             .fetch_all(&self.pool)
             .await?;
-            for row in &rows {
-                let sequence = to_u64(row.try_get(0)?, "sequence")?;
-                let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
-                if recent.offer(metadata.command_id) {
-                    return Ok(recent.into_ids());
-                }
-                upper = sequence.saturating_sub(1);
-            }
-            if rows.len() < RECENT_PAGE || upper == 0 {
-                break;
-            }
-        }
-        Ok(recent.into_ids())
+            rows.iter()
+                .map(|row| {
+                    let sequence = to_u64(row.try_get(0)?, "sequence")?;
+                    let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
+                    Ok((sequence, metadata.command_id))
+                })
+                .collect()
+        })
+        .await
     }
 
     #[instrument(skip_all, fields(from, max), err)]

@@ -27,8 +27,8 @@ use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, NewestFirst,
-    PayloadFormat, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, sqlite_migrator,
+    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, PayloadFormat,
+    RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, recent_backwards, sqlite_migrator,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; keep well inside it.
@@ -354,9 +354,7 @@ impl EventStore for SqliteStore {
         to: u64,
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut recent = NewestFirst::new(max);
-        let mut upper = to;
-        while upper >= from && max > 0 {
+        recent_backwards(from, to, max, |upper| async move {
             let rows = sqlx::query(
                 "SELECT sequence, metadata FROM events \
                  WHERE aggregate_type = ? AND aggregate_id = ? AND sequence >= ? AND sequence <= ? \
@@ -369,19 +367,15 @@ impl EventStore for SqliteStore {
             .bind(clamp(RECENT_PAGE as u64))
             .fetch_all(&self.reader)
             .await?;
-            for row in &rows {
-                let sequence = to_u64(row.try_get(0)?, "sequence")?;
-                let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
-                if recent.offer(metadata.command_id) {
-                    return Ok(recent.into_ids());
-                }
-                upper = sequence.saturating_sub(1);
-            }
-            if rows.len() < RECENT_PAGE || upper == 0 {
-                break;
-            }
-        }
-        Ok(recent.into_ids())
+            rows.iter()
+                .map(|row| {
+                    let sequence = to_u64(row.try_get(0)?, "sequence")?;
+                    let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
+                    Ok((sequence, metadata.command_id))
+                })
+                .collect()
+        })
+        .await
     }
 
     #[instrument(skip_all, fields(from, max), err)]
