@@ -823,7 +823,8 @@ impl Nursery {
         // releases may not have gone out: the caller retried after an unclear answer).
         let events = if outcome.events > 0 {
             let from = outcome.version + 1 - outcome.events as u64;
-            self.events_of::<Cart>(cart.as_str(), from).await?
+            self.events_of::<Cart>(cart.as_str(), from, outcome.version)
+                .await?
         } else if outcome.duplicate {
             self.events_of_command::<Cart>(cart.as_str(), command_id)
                 .await?
@@ -894,20 +895,27 @@ impl Nursery {
         })
     }
 
+    /// The events of aggregate `id` from `from` through `to` (those of one command: a later
+    /// command's events are not its own), decoded straight from what the store reads.
     async fn events_of<A: Aggregate>(
         &self,
         id: &str,
         from: u64,
+        to: u64,
     ) -> Result<Vec<A::Event>, ShopError> {
         let stream = StreamId::new(A::TYPE, id);
-        let records: Vec<_> = stream_events(&*self.inner.store, &stream, from)
-            .try_collect()
+        let codec = &self.inner.codec;
+        let count =
+            usize::try_from(to.saturating_sub(from).saturating_add(1)).unwrap_or(usize::MAX);
+        let mut events = Vec::with_capacity(count.min(64));
+        self.inner
+            .store
+            .replay_stream(&stream, from, to, count, &mut |event| {
+                events.push(codec.decode_encoded::<A::Event>(&stream, event)?);
+                Ok(())
+            })
             .await?;
-        records
-            .iter()
-            .map(|r| self.inner.codec.decode_event::<A::Event>(r))
-            .collect::<Result<_, _>>()
-            .map_err(ShopError::from)
+        Ok(events)
     }
 
     /// The events a command wrote to aggregate `id`, found by the command id in their metadata.

@@ -26,6 +26,7 @@ mod memory;
 mod migrate;
 mod plan;
 mod postgres;
+mod recent;
 pub mod repository;
 mod sqlite;
 pub(crate) mod types;
@@ -40,6 +41,7 @@ pub use codec::{Codec, PayloadFormat, Upcasters};
 pub use memory::MemoryStore;
 pub use migrate::{postgres_migrator, sqlite_migrator};
 pub use postgres::{LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL, PostgresStore};
+pub(crate) use recent::{NewestFirst, RECENT_PAGE, recent_backwards};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use sqlite::{SqliteStore, SqliteWriter, WriterGuard};
 pub use types::{
@@ -49,10 +51,6 @@ pub use types::{
 
 /// How many rows one page of a streaming read fetches.
 pub const PAGE_SIZE: usize = 1_000;
-
-/// How many rows one page of [`EventStore::recent_command_ids`] reads backwards: a command
-/// usually causes one to three events, so one page is almost always enough.
-pub(crate) const RECENT_PAGE: usize = 64;
 
 /// The outcome of one request of an [`EventStore::append_batch`].
 pub type AppendResult = Result<Appended, StoreError>;
@@ -106,7 +104,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// command after it was loaded, without reading every event's metadata.
     ///
     /// The default pages through the range with [`EventStore::read_stream`]; the stores here
-    /// read backwards from `to` and stop as soon as they have `max` ids.
+    /// read backwards from `to`, a page at a time, and stop as soon as they have `max` ids.
+    /// Metadata that does not decode is an error only where it is read: loading an aggregate
+    /// no longer reads every event's, so one such event fails a load only if it is among the
+    /// latest; projections still meet it.
     async fn recent_command_ids(
         &self,
         stream: &StreamId,
@@ -118,12 +119,14 @@ pub trait EventStore: Send + Sync + 'static {
         let mut next = from;
         while next <= to {
             let page = self.read_stream(stream, next, to, PAGE_SIZE).await?;
-            let Some(last) = page.last() else { break };
-            next = last.sequence.saturating_add(1);
+            let Some(last) = page.last().map(|e| e.sequence) else {
+                break;
+            };
             newest_last.extend(page.iter().map(|e| e.metadata.command_id));
-            if page.len() < PAGE_SIZE || next == u64::MAX {
+            if page.len() < PAGE_SIZE || last == u64::MAX {
                 break;
             }
+            next = last + 1;
         }
         let mut recent = NewestFirst::new(max);
         for id in newest_last.into_iter().rev() {
@@ -169,64 +172,6 @@ pub trait EventStoreExt: EventStore {
 }
 
 impl<S: EventStore + ?Sized> EventStoreExt for S {}
-
-/// Collects the command ids of a stream's events offered newest first: each id once, at most
-/// `max` (see [`EventStore::recent_command_ids`]).
-pub(crate) struct NewestFirst {
-    ids: Vec<Uuid>,
-    max: usize,
-}
-
-impl NewestFirst {
-    pub(crate) fn new(max: usize) -> Self {
-        Self {
-            ids: Vec::with_capacity(max.min(64)),
-            max,
-        }
-    }
-
-    /// Offers the command id of the next older event; answers whether `max` ids are in.
-    pub(crate) fn offer(&mut self, id: Option<Uuid>) -> bool {
-        if let Some(id) = id.filter(|id| self.ids.len() < self.max && !self.ids.contains(id)) {
-            self.ids.push(id);
-        }
-        self.ids.len() >= self.max
-    }
-
-    pub(crate) fn into_ids(self) -> Vec<Uuid> {
-        self.ids
-    }
-}
-
-/// The loop of [`EventStore::recent_command_ids`] for a store that reads pages backwards:
-/// `page(upper)` answers the events with `from <= sequence <= upper`, newest first, at most
-/// [`RECENT_PAGE`] of them, as their sequences and command ids. Stops as soon as `max` ids are in.
-pub(crate) async fn recent_backwards<F, Fut>(
-    from: u64,
-    to: u64,
-    max: usize,
-    mut page: F,
-) -> Result<Vec<Uuid>, StoreError>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: Future<Output = Result<Vec<(u64, Option<Uuid>)>, StoreError>>,
-{
-    let mut recent = NewestFirst::new(max);
-    let mut upper = to;
-    while upper >= from && max > 0 {
-        let rows = page(upper).await?;
-        for &(sequence, id) in &rows {
-            if recent.offer(id) {
-                return Ok(recent.into_ids());
-            }
-            upper = sequence.saturating_sub(1);
-        }
-        if rows.len() < RECENT_PAGE || upper == 0 {
-            break;
-        }
-    }
-    Ok(recent.into_ids())
-}
 
 /// Streams one stream's events with `sequence >= from`, a page at a time, so a 10k-event stream
 /// is never held in memory at once.

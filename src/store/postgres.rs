@@ -105,27 +105,27 @@ impl PostgresStore {
 /// Reads a row of `EVENT_COLUMNS` by position (no column-name lookups on the hot read path).
 fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let stream = StreamId::new(row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?);
-    let sequence = to_u64(row.try_get(3)?, "sequence")?;
-    let format_code: i16 = row.try_get(7)?;
-    let format =
-        PayloadFormat::from_code(i64::from(format_code)).ok_or_else(|| StoreError::Corrupt {
-            stream: stream.clone(),
-            sequence,
-            reason: format!("unknown payload format {format_code}"),
-        })?;
+    // Checked as a replay checks them: a bad format or revision names the stream and sequence.
+    let encoded = EncodedEvent::from_columns(
+        &stream,
+        row.try_get(3)?,
+        row.try_get(5)?,
+        i64::from(row.try_get::<i32, _>(6)?),
+        i64::from(row.try_get::<i16, _>(7)?),
+        row.try_get(10)?,
+    )?;
     let metadata: &str = row.try_get(9)?;
     Ok(RecordedEvent {
-        metadata: Metadata::from_json(metadata, &stream, sequence)?,
+        metadata: Metadata::from_json(metadata, &stream, encoded.sequence)?,
         position: to_u64(row.try_get(0)?, "global_position")?,
         event_id: row.try_get(4)?,
-        event_type: row.try_get(5)?,
-        revision: u32::try_from(row.try_get::<i32, _>(6)?)
-            .map_err(|_| StoreError::Internal("payload revision out of range".into()))?,
-        format,
-        payload: row.try_get(10)?,
+        event_type: encoded.event_type.to_owned(),
+        revision: encoded.revision,
+        format: encoded.format,
+        payload: encoded.payload.to_vec(),
         recorded_at: from_micros(row.try_get(8)?),
+        sequence: encoded.sequence,
         stream,
-        sequence,
     })
 }
 
@@ -156,7 +156,7 @@ impl EventStore for PostgresStore {
         self.group.append(self, batch).await
     }
 
-    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max), err)]
     async fn read_stream(
         &self,
         stream: &StreamId,
@@ -179,7 +179,8 @@ impl EventStore for PostgresStore {
         rows.iter().map(record).collect()
     }
 
-    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    // No `err`: the visitor's errors (an event that does not decode) are the caller's to report.
+    #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max))]
     async fn replay_stream(
         &self,
         stream: &StreamId,
@@ -213,7 +214,7 @@ impl EventStore for PostgresStore {
         Ok(rows.len())
     }
 
-    #[instrument(skip_all, fields(stream = %stream, from, to), err)]
+    #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max), err)]
     async fn recent_command_ids(
         &self,
         stream: &StreamId,
@@ -245,7 +246,7 @@ impl EventStore for PostgresStore {
         .await
     }
 
-    #[instrument(skip_all, fields(from, max), err)]
+    #[instrument(skip_all, fields(from = from, max = max), err)]
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \

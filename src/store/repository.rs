@@ -55,8 +55,9 @@ pub struct Loaded<A> {
     pub version: u64,
     /// How many events were folded on top of the snapshot (or from scratch).
     pub replayed: u64,
-    /// The command ids of the latest events folded (up to 16, oldest first, among the last 256
-    /// events of a load), so a repeated command is recognised after a restart.
+    /// The command ids of the stream's latest events (up to 16, oldest first, from its last 256
+    /// events when loaded; a catch-up adds those of the events it missed), so a repeated
+    /// command is recognised after a restart, also one that a snapshot already covers.
     pub recent_commands: Vec<Uuid>,
 }
 
@@ -129,22 +130,20 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Loads aggregate `id`: the latest usable snapshot, then the events after it, streamed a
-    /// page at a time. A snapshot of another revision, or one that does not decode, is ignored
-    /// (with a warning) and the state is rebuilt from the events.
+    /// page at a time, and the command ids of its latest events (those before the snapshot
+    /// too). A snapshot of another revision, or one that does not decode, is ignored (with a
+    /// warning) and the state is rebuilt from the events.
     #[instrument(skip(self), fields(aggregate = A::TYPE), err)]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
         let (state, version) = self.usable_snapshot(&stream).await?.unwrap_or_default();
-        self.fold(
-            &stream,
-            Loaded {
-                state,
-                version,
-                replayed: 0,
-                recent_commands: Vec::new(),
-            },
-        )
-        .await
+        let loaded = Loaded {
+            state,
+            version,
+            replayed: 0,
+            recent_commands: Vec::new(),
+        };
+        self.fold(&stream, loaded, 1).await
     }
 
     /// The latest snapshot of `stream` as a state and its version, if there is one of the
@@ -184,13 +183,14 @@ impl<A: Aggregate> Repository<A> {
     pub async fn catch_up(&self, id: &str, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
         let mut loaded = loaded;
+        let missed_from = loaded.version.saturating_add(1);
         if self.policy.every == 0 {
-            return self.fold(&stream, loaded).await;
+            return self.fold(&stream, loaded, missed_from).await;
         }
         let interval = usize::try_from(self.policy.every).unwrap_or(usize::MAX);
         let missed = self
             .store
-            .read_stream(&stream, loaded.version + 1, u64::MAX, interval)
+            .read_stream(&stream, missed_from, u64::MAX, interval)
             .await?;
         if missed.len() == interval {
             // A whole interval missed: a snapshot at least that far on saves folding it.
@@ -198,7 +198,8 @@ impl<A: Aggregate> Repository<A> {
                 if version >= loaded.version + missed.len() as u64 {
                     loaded.state = state;
                     loaded.version = version;
-                    return self.fold(&stream, loaded).await;
+                    // The ids of the events the snapshot skips come from the store.
+                    return self.fold(&stream, loaded, missed_from).await;
                 }
             }
         }
@@ -216,15 +217,21 @@ impl<A: Aggregate> Repository<A> {
         if missed.len() < interval {
             return Ok(loaded);
         }
-        self.fold(&stream, loaded).await
+        let rest = loaded.version.saturating_add(1);
+        self.fold(&stream, loaded, rest).await
     }
 
     /// Folds the events after `loaded.version`, a page at a time, each decoded straight from
-    /// the row the store read; then reads the command ids of the latest of them (a page read
-    /// backwards, at most four), so folding never touches the events' metadata.
-    async fn fold(&self, stream: &StreamId, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+    /// the row the store read; then adds the command ids of the latest events from
+    /// `ids_from` on (at most the last [`RECENT_WINDOW`]), read apart, so folding never
+    /// touches the events' metadata.
+    async fn fold(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+        ids_from: u64,
+    ) -> Result<Loaded<A>, StoreError> {
         let mut loaded = loaded;
-        let first = loaded.version.saturating_add(1);
         loop {
             let next = loaded.version.saturating_add(1);
             let folded = self
@@ -237,8 +244,10 @@ impl<A: Aggregate> Repository<A> {
                 break;
             }
         }
-        if loaded.version >= first {
-            let window = first.max(loaded.version.saturating_sub(RECENT_WINDOW - 1));
+        let window = ids_from
+            .max(loaded.version.saturating_sub(RECENT_WINDOW - 1))
+            .max(1);
+        if loaded.version >= window {
             let newest = self
                 .store
                 .recent_command_ids(stream, window, loaded.version, RECENT_COMMANDS)
@@ -332,5 +341,44 @@ impl<A: Aggregate> Repository<A> {
             recorded_at: Utc::now(),
         };
         self.store.save_snapshot(&snapshot, self.policy.keep).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> Uuid {
+        Uuid::from_u64_pair(0, n)
+    }
+
+    fn remembering(ids: impl IntoIterator<Item = u64>) -> Loaded<()> {
+        Loaded {
+            state: (),
+            version: 0,
+            replayed: 0,
+            recent_commands: ids.into_iter().map(id).collect(),
+        }
+    }
+
+    #[test]
+    fn ids_read_later_go_after_those_remembered_and_an_id_seen_again_moves_up() {
+        let mut loaded = remembering([1, 2, 3]);
+        // Newest first, as the store answers: 5 is the newest, 2 was seen again.
+        remember(&mut loaded, vec![id(5), id(2), id(4)]);
+        assert_eq!(
+            loaded.recent_commands,
+            [1, 3, 4, 2, 5].map(id),
+            "oldest first"
+        );
+    }
+
+    #[test]
+    fn only_the_latest_sixteen_stay() {
+        let mut loaded = remembering(0..10);
+        remember(&mut loaded, (10..20).rev().map(id).collect());
+        assert_eq!(loaded.recent_commands, (4..20).map(id).collect::<Vec<_>>());
+        remember(&mut loaded, Vec::new());
+        assert_eq!(loaded.recent_commands.len(), RECENT_COMMANDS);
     }
 }

@@ -762,6 +762,60 @@ async fn a_command_applied_before_a_restart_is_not_applied_again() {
     assert_eq!(store.head().await.unwrap(), 2);
 }
 
+/// A command whose event a snapshot covers is still known after a restart: the ids come from
+/// the latest events, not only from those folded on top of the snapshot.
+#[actix_rt::test]
+async fn a_command_covered_by_a_snapshot_is_not_applied_again_after_a_restart() {
+    let store: Arc<dyn nursery::store::EventStore> = Arc::new(nursery::store::MemoryStore::new());
+    let metadata = Metadata {
+        command_id: Some(Uuid::new_v4()),
+        ..Metadata::default()
+    };
+    let every_two = |b: nursery::actors::RuntimeBuilder| {
+        b.config(RuntimeConfig {
+            snapshots: SnapshotPolicy { every: 2, keep: 1 },
+            ..quick()
+        })
+        .aggregate::<Pot>()
+    };
+    let stream = StreamId::new("Pot", "p");
+    {
+        let before = TestRuntime::start_on(Arc::clone(&store), every_two)
+            .await
+            .unwrap();
+        before
+            .gateway()
+            .send_and_wait::<Pot>("p", plant(), metadata.clone())
+            .await
+            .unwrap();
+        before
+            .gateway()
+            .send_and_wait::<Pot>("p", water(1), Metadata::default())
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.latest_snapshot(&stream).await.unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no snapshot at 2");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let after = TestRuntime::start_on(Arc::clone(&store), every_two)
+        .await
+        .unwrap();
+    let again = after
+        .gateway()
+        .send_and_wait::<Pot>("p", plant(), metadata)
+        .await
+        .unwrap();
+    // Decided again, the plant would be refused (the pot is planted), not answered: only the
+    // command id tells the restarted actor that this is the plant it already did.
+    assert!(
+        again.duplicate,
+        "the restarted actor, loaded from the snapshot at 2, knows the command"
+    );
+    assert_eq!(store.head().await.unwrap(), 2);
+}
+
 #[actix_rt::test]
 async fn concurrent_sends_of_one_command_id_apply_it_once() {
     let test = start(quick()).await;

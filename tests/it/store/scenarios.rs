@@ -306,21 +306,39 @@ pub async fn recent_command_ids_are_the_newest_distinct_in_range(store: Store) {
     assert_eq!(loaded.version, 155);
     let oldest_first: Vec<Uuid> = all.iter().rev().copied().collect();
     assert_eq!(loaded.recent_commands, oldest_first);
-    // A load looks at the latest 256 events only: 300 more without a command leave none.
+    // A load looks at the latest 256 events only: of 300 more, with a command at 199 and
+    // another at 200, it sees the one at 200 (455 - 255) and not the one at 199.
+    let (outside, inside) = (Uuid::now_v7(), Uuid::now_v7());
+    let more = (156..=455u32)
+        .map(|sequence| match sequence {
+            199 => with(Some(outside), sequence),
+            200 => with(Some(inside), sequence),
+            _ => with(None, sequence),
+        })
+        .collect();
     store
-        .append(request(
-            &stream,
-            ExpectedVersion::Exact(155),
-            (0..300).map(|i| with(None, i)).collect(),
-        ))
+        .append(request(&stream, ExpectedVersion::Exact(155), more))
         .await
         .unwrap();
     let loaded = repository.load("commanded").await.unwrap();
-    assert_eq!((loaded.version, loaded.recent_commands), (455, Vec::new()));
     assert_eq!(
-        recent(1, 455, 16).await,
-        all,
+        (loaded.version, &loaded.recent_commands),
+        (455, &vec![inside])
+    );
+    assert_eq!(
+        recent(1, 455, 2).await,
+        [inside, outside],
         "the store itself reads as far back as asked"
+    );
+    // From a snapshot at the head, the ids still come from the events it covers.
+    repository
+        .snapshot("commanded", &loaded.state, 455)
+        .await
+        .unwrap();
+    let from_snapshot = repository.load("commanded").await.unwrap();
+    assert_eq!(
+        (from_snapshot.replayed, from_snapshot.recent_commands),
+        (0, vec![inside])
     );
 }
 
