@@ -81,8 +81,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// each to `visit`, borrowed from the row it was read from, and answers how many it handed
     /// over. Reads only what decoding needs (no ids, times or metadata), which is what makes
     /// loading an aggregate fast; an error from `visit` stops the replay and is answered.
+    /// However many events there are, they are never all held at once: a store reads them a
+    /// page at a time, or as one stream of rows.
     ///
-    /// The default reads the events with [`EventStore::read_stream`]; the SQL stores read less.
+    /// The default reads pages with [`EventStore::read_stream`]; the SQL stores read less.
     async fn replay_stream(
         &self,
         stream: &StreamId,
@@ -91,11 +93,17 @@ pub trait EventStore: Send + Sync + 'static {
         max: usize,
         visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
     ) -> Result<usize, StoreError> {
-        let events = self.read_stream(stream, from, to, max).await?;
-        for event in &events {
-            visit(event.encoded())?;
-        }
-        Ok(events.len())
+        in_pages(
+            from,
+            to,
+            max,
+            |next, limit| self.read_stream(stream, next, to, limit),
+            |event: &RecordedEvent| {
+                visit(event.encoded())?;
+                Ok(event.sequence)
+            },
+        )
+        .await
     }
 
     /// The ids of the commands behind the events of one stream with `from <= sequence <= to`:
@@ -201,6 +209,37 @@ pub fn stream_all(
     )
 }
 
+/// Reads up to `max` rows of one stream with `from <= sequence <= to` a page at a time:
+/// `fetch(next, limit)` reads the next page (at most `limit` rows, from sequence `next`), and
+/// `each` takes a row and answers its sequence. Answers how many rows were taken.
+pub(crate) async fn in_pages<R, F, Fut>(
+    from: u64,
+    to: u64,
+    max: usize,
+    mut fetch: F,
+    mut each: impl FnMut(&R) -> Result<u64, StoreError>,
+) -> Result<usize, StoreError>
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, StoreError>>,
+{
+    let (mut count, mut next) = (0, from);
+    while count < max && next <= to {
+        let limit = PAGE_SIZE.min(max - count);
+        let rows = fetch(next, limit).await?;
+        let mut last = None;
+        for row in &rows {
+            last = Some(each(row)?);
+        }
+        count += rows.len();
+        match last.and_then(|last| last.checked_add(1)) {
+            Some(after) if rows.len() == limit => next = after,
+            _ => break,
+        }
+    }
+    Ok(count)
+}
+
 fn paged<'a, F, Fut>(
     fetch: F,
     from: u64,
@@ -260,4 +299,95 @@ pub(crate) async fn to_the_end<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|error| {
         StoreError::Internal(format!("a store transaction's task failed: {error}"))
     })?
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a failed unwrap is a failed test, with its message"
+)]
+mod tests {
+    use super::*;
+
+    /// Pages over a stream of `len` events (sequences `first..first + len`) through
+    /// `in_pages`, answering the sequences taken and the limits asked for.
+    async fn page_through(
+        first: u64,
+        len: u64,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> (Vec<u64>, Vec<usize>) {
+        let (mut taken, mut limits) = (Vec::new(), Vec::new());
+        let count = in_pages(
+            from,
+            to,
+            max,
+            |next, limit| {
+                limits.push(limit);
+                let last = to.min(first.saturating_add(len - 1));
+                let rows: Vec<u64> = (next.max(first)..=last).take(limit).collect();
+                async move { Ok(rows) }
+            },
+            |&sequence: &u64| {
+                taken.push(sequence);
+                Ok(sequence)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(count, taken.len());
+        (taken, limits)
+    }
+
+    #[tokio::test]
+    async fn pages_follow_one_another_until_a_short_one() {
+        let (taken, limits) = page_through(1, 2_500, 1, u64::MAX, usize::MAX).await;
+        assert_eq!(taken, (1..=2_500).collect::<Vec<_>>());
+        assert_eq!(limits, [PAGE_SIZE, PAGE_SIZE, PAGE_SIZE]);
+        // Exactly two pages: a third, empty one tells the end.
+        let (taken, limits) = page_through(1, 2_000, 1, u64::MAX, usize::MAX).await;
+        assert_eq!((taken.len(), limits.len()), (2_000, 3));
+    }
+
+    #[tokio::test]
+    async fn the_last_page_asks_only_for_what_is_left_of_max() {
+        let (taken, limits) = page_through(1, 2_500, 1, u64::MAX, 1_500).await;
+        assert_eq!(taken, (1..=1_500).collect::<Vec<_>>());
+        assert_eq!(limits, [PAGE_SIZE, 500]);
+        let (taken, limits) = page_through(1, 2_500, 5, 4, 10).await;
+        assert_eq!((taken, limits), (Vec::new(), Vec::new()));
+        let (taken, limits) = page_through(1, 2_500, 1, u64::MAX, 0).await;
+        assert_eq!((taken, limits), (Vec::new(), Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn a_page_ending_at_the_last_sequence_ends_the_reading() {
+        let first = u64::MAX - 999;
+        let (taken, limits) = page_through(first, 1_000, first, u64::MAX, usize::MAX).await;
+        assert_eq!((taken.len(), limits.len()), (1_000, 1));
+    }
+
+    #[tokio::test]
+    async fn an_error_taking_a_row_stops_the_reading() {
+        let mut pages = 0;
+        let stopped = in_pages(
+            1,
+            u64::MAX,
+            usize::MAX,
+            |next, limit| {
+                pages += 1;
+                async move { Ok((next..next + limit as u64).collect::<Vec<u64>>()) }
+            },
+            |&sequence: &u64| {
+                if sequence == 1_500 {
+                    return Err(StoreError::InvalidInput("stop".into()));
+                }
+                Ok(sequence)
+            },
+        )
+        .await;
+        assert!(matches!(stopped, Err(StoreError::InvalidInput(_))));
+        assert_eq!(pages, 2);
+    }
 }

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use tracing::instrument;
@@ -189,7 +190,7 @@ impl EventStore for PostgresStore {
         max: usize,
         visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
     ) -> Result<usize, StoreError> {
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT sequence, event_type, payload_revision, payload_format, payload FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
              ORDER BY sequence LIMIT $5",
@@ -199,9 +200,10 @@ impl EventStore for PostgresStore {
         .bind(clamp(from))
         .bind(clamp(to))
         .bind(clamp(max as u64))
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &rows {
+        // One query, its rows taken as they arrive: nothing is held but the row at hand.
+        .fetch(&self.pool);
+        let mut count = 0;
+        while let Some(row) = rows.try_next().await? {
             visit(EncodedEvent::from_columns(
                 stream,
                 row.try_get(0)?,
@@ -210,8 +212,9 @@ impl EventStore for PostgresStore {
                 i64::from(row.try_get::<i16, _>(3)?),
                 row.try_get(4)?,
             )?)?;
+            count += 1;
         }
-        Ok(rows.len())
+        Ok(count)
     }
 
     #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max), err)]

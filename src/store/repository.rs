@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     AppendRequest, Appended, Codec, EncodedEvent, EventStore, EventStoreExt, ExpectedVersion,
-    Metadata, NewestFirst, PAGE_SIZE, Snapshot, StoreError, StreamId,
+    Metadata, NewestFirst, Snapshot, StoreError, StreamId,
 };
 use crate::domain::Aggregate;
 
@@ -221,10 +221,10 @@ impl<A: Aggregate> Repository<A> {
         self.fold(&stream, loaded, rest).await
     }
 
-    /// Folds the events after `loaded.version`, a page at a time, each decoded straight from
-    /// the row the store read; then adds the command ids of the latest events from
-    /// `ids_from` on (at most the last [`RECENT_WINDOW`]), read apart, so folding never
-    /// touches the events' metadata.
+    /// Folds the events after `loaded.version`, each decoded straight from the row the store
+    /// read (a page or a stream of rows at a time); then adds the command ids of the latest
+    /// events from `ids_from` on (at most the last [`RECENT_WINDOW`]), read apart, so folding
+    /// never touches the events' metadata.
     async fn fold(
         &self,
         stream: &StreamId,
@@ -232,18 +232,12 @@ impl<A: Aggregate> Repository<A> {
         ids_from: u64,
     ) -> Result<Loaded<A>, StoreError> {
         let mut loaded = loaded;
-        loop {
-            let next = loaded.version.saturating_add(1);
-            let folded = self
-                .store
-                .replay_stream(stream, next, u64::MAX, PAGE_SIZE, &mut |event| {
-                    self.fold_event(stream, &mut loaded, event)
-                })
-                .await?;
-            if folded < PAGE_SIZE {
-                break;
-            }
-        }
+        let next = loaded.version.saturating_add(1);
+        self.store
+            .replay_stream(stream, next, u64::MAX, usize::MAX, &mut |event| {
+                self.fold_event(stream, &mut loaded, event)
+            })
+            .await?;
         let window = ids_from
             .max(loaded.version.saturating_sub(RECENT_WINDOW - 1))
             .max(1);

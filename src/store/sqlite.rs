@@ -28,7 +28,8 @@ use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, sto
 use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
     AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, PayloadFormat,
-    RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, recent_backwards, sqlite_migrator,
+    RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, in_pages, recent_backwards,
+    sqlite_migrator,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; keep well inside it.
@@ -323,29 +324,37 @@ impl EventStore for SqliteStore {
         max: usize,
         visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
     ) -> Result<usize, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sequence, event_type, payload_revision, payload_format, payload FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence >= ? AND sequence <= ? \
-             ORDER BY sequence LIMIT ?",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .bind(clamp(from))
-        .bind(clamp(to))
-        .bind(clamp(max as u64))
-        .fetch_all(&self.reader)
-        .await?;
-        for row in &rows {
-            visit(EncodedEvent::from_columns(
+        // Pages: sqlx's SQLite driver hands rows over one at a time from its worker thread,
+        // which costs a wake-up per row when they are taken as they come.
+        let page = |next: u64, limit: usize| async move {
+            let rows = sqlx::query(
+                "SELECT sequence, event_type, payload_revision, payload_format, payload \
+                 FROM events WHERE aggregate_type = ? AND aggregate_id = ? \
+                 AND sequence >= ? AND sequence <= ? ORDER BY sequence LIMIT ?",
+            )
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .bind(clamp(next))
+            .bind(clamp(to))
+            .bind(clamp(limit as u64))
+            .fetch_all(&self.reader)
+            .await?;
+            Ok(rows)
+        };
+        in_pages(from, to, max, page, |row: &SqliteRow| {
+            let event = EncodedEvent::from_columns(
                 stream,
                 row.try_get(0)?,
                 row.try_get(1)?,
                 row.try_get::<i64, _>(2)?,
                 row.try_get::<i64, _>(3)?,
                 row.try_get(4)?,
-            )?)?;
-        }
-        Ok(rows.len())
+            )?;
+            let sequence = event.sequence;
+            visit(event)?;
+            Ok(sequence)
+        })
+        .await
     }
 
     #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max), err)]
