@@ -243,6 +243,58 @@ pub async fn replays_hand_over_what_decoding_needs_within_the_same_bounds(store:
     assert_eq!((count, none), (0, 0));
 }
 
+/// A replay of large events, and of types that JSON has to escape, hands each over exactly and
+/// in order, however the store reads them (SQLite's replay pages leave large payloads out and
+/// read them one by one).
+pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) {
+    let stream = pot("large");
+    let events: Vec<NewEvent> = (0u8..6)
+        .map(|n| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: format!("Odd \"type\" \\ {n} ü"),
+            revision: 1,
+            format: PayloadFormat::MessagePack,
+            // Large and small in turn.
+            payload: (0..if n % 2 == 0 { 1_048_576u32 } else { 100 })
+                .map(|i| (i % 251) as u8 ^ n)
+                .collect(),
+            metadata: Metadata::default(),
+        })
+        .collect();
+    store
+        .append(request(&stream, ExpectedVersion::Exact(0), events.clone()))
+        .await
+        .unwrap();
+    for max in [usize::MAX, 5, 4, 1] {
+        let mut seen = Vec::new();
+        let count = store
+            .replay_stream(&stream, 1, u64::MAX, max, &mut |event| {
+                let expected = &events[seen.len()];
+                assert_eq!(event.event_type, expected.event_type);
+                assert!(
+                    event.payload == expected.payload.as_slice(),
+                    "payload of {}",
+                    event.sequence
+                );
+                seen.push(event.sequence);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let all: Vec<u64> = (1..=6u64).take(max).collect();
+        assert_eq!((count, seen), (all.len(), all), "max {max}");
+    }
+    let mut from_five = Vec::new();
+    store
+        .replay_stream(&stream, 5, u64::MAX, usize::MAX, &mut |event| {
+            from_five.push(event.sequence);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(from_five, [5, 6]);
+}
+
 /// The ids of the commands behind a stream's latest events: each once, newest first, within
 /// the range, at most as many as asked, also when they lie more than a page back; a load
 /// remembers them oldest first.
