@@ -103,6 +103,9 @@ impl PostgresStore {
     }
 }
 
+/// How many events one query of a replay reads at most.
+const REPLAY_PAGE: usize = 10_000;
+
 /// Reads a row of `EVENT_COLUMNS` by position (no column-name lookups on the hot read path).
 fn record(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let stream = StreamId::new(row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?);
@@ -190,29 +193,42 @@ impl EventStore for PostgresStore {
         max: usize,
         visit: &mut (dyn for<'e> FnMut(EncodedEvent<'e>) -> Result<(), StoreError> + Send),
     ) -> Result<usize, StoreError> {
-        let mut rows = sqlx::query(
-            "SELECT sequence, event_type, payload_revision, payload_format, payload FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
-             ORDER BY sequence LIMIT $5",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .bind(clamp(from))
-        .bind(clamp(to))
-        .bind(clamp(max as u64))
-        // One query, its rows taken as they arrive: nothing is held but the row at hand.
-        .fetch(&self.pool);
-        let mut count = 0;
-        while let Some(row) = rows.try_next().await? {
-            visit(EncodedEvent::from_columns(
-                stream,
-                row.try_get(0)?,
-                row.try_get(1)?,
-                i64::from(row.try_get::<i32, _>(2)?),
-                i64::from(row.try_get::<i16, _>(3)?),
-                row.try_get(4)?,
-            )?)?;
-            count += 1;
+        // Pages of up to 10,000 events, each one query whose rows are folded as they arrive:
+        // nothing is held but the row at hand, and a fold that fails leaves at most the rest
+        // of one page for the connection to drain.
+        let (mut count, mut next) = (0, from);
+        while count < max && next <= to {
+            let limit = REPLAY_PAGE.min(max - count);
+            let mut rows = sqlx::query(
+                "SELECT sequence, event_type, payload_revision, payload_format, payload \
+                 FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                 AND sequence >= $3 AND sequence <= $4 ORDER BY sequence LIMIT $5",
+            )
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .bind(clamp(next))
+            .bind(clamp(to))
+            .bind(clamp(limit as u64))
+            .fetch(&self.pool);
+            let (mut read, mut last) = (0, None);
+            while let Some(row) = rows.try_next().await? {
+                let event = EncodedEvent::from_columns(
+                    stream,
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    i64::from(row.try_get::<i32, _>(2)?),
+                    i64::from(row.try_get::<i16, _>(3)?),
+                    row.try_get(4)?,
+                )?;
+                last = Some(event.sequence);
+                visit(event)?;
+                read += 1;
+            }
+            count += read;
+            match last.and_then(|last| last.checked_add(1)) {
+                Some(after) if read == limit => next = after,
+                _ => break,
+            }
         }
         Ok(count)
     }

@@ -9,12 +9,16 @@
 //! Must not touch: actors, projections, typed events.
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use futures_util::future::maybe_done;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -229,31 +233,26 @@ impl SqliteStore {
     pub fn reader_pool(&self) -> &SqlitePool {
         &self.reader
     }
-
-    /// The payload of one event, for a replay that left it out of its page (a large one).
-    async fn payload_of(&self, stream: &StreamId, sequence: i64) -> Result<Vec<u8>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT payload FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence = ?",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .bind(sequence)
-        .fetch_one(&self.reader)
-        .await?)
-    }
 }
 
 /// One page of a replay as one row: the page's events (up to `?5`, from sequence `?3`) as a
 /// JSON array of `[sequence, type, revision, format, hex(payload)]`. A payload larger than `?6`
-/// bytes is left out (`null`) and read on its own, so a page's JSON stays small whatever the
-/// events hold.
+/// bytes is left out (`null`; `LARGE_PAYLOADS` reads those), so a page's JSON stays small
+/// whatever the events hold. The size is tested inside the subquery, where SQLite reads it from
+/// the record's header without loading the payload.
 const REPLAY_PAGE: &str = "\
     SELECT COALESCE(json_group_array(json_array(sequence, event_type, payload_revision, \
-             payload_format, CASE WHEN length(payload) <= ?6 THEN hex(payload) END)), '[]') \
-    FROM (SELECT sequence, event_type, payload_revision, payload_format, payload \
+             payload_format, inline)), '[]') \
+    FROM (SELECT sequence, event_type, payload_revision, payload_format, \
+                 CASE WHEN octet_length(payload) <= ?6 THEN hex(payload) END AS inline \
           FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
           AND sequence >= ?3 AND sequence <= ?4 ORDER BY sequence LIMIT ?5)";
+
+/// The payloads a replay page left out, in order: those of `?3 <= sequence <= ?4` larger than
+/// `?5` bytes.
+const LARGE_PAYLOADS: &str = "\
+    SELECT sequence, payload FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+    AND sequence >= ?3 AND sequence <= ?4 AND octet_length(payload) > ?5 ORDER BY sequence";
 
 /// The largest payload a replay page carries inline: a page's JSON is at most about twice this
 /// per event (8 MiB for 1,000 events).
@@ -391,19 +390,25 @@ impl EventStore for SqliteStore {
         // Pages of up to 1,000 events, each read as one row (see `REPLAY_PAGE`): sqlx's
         // SQLite driver costs more per row (a copy of each value, a hand-over from its worker
         // thread) than SQLite takes to write the page as JSON.
-        let (mut count, mut next) = (0, from);
-        let mut payload = Vec::new();
-        while count < max && next <= to {
-            let limit = PAGE_SIZE.min(max - count);
-            let page: String = sqlx::query_scalar(REPLAY_PAGE)
+        let fetch = |from: u64, limit: usize| async move {
+            sqlx::query_scalar::<_, String>(REPLAY_PAGE)
                 .bind(stream.aggregate_type.as_str())
                 .bind(stream.aggregate_id.as_str())
-                .bind(clamp(next))
+                .bind(clamp(from))
                 .bind(clamp(to))
                 .bind(clamp(limit as u64))
                 .bind(REPLAY_INLINE_BYTES)
                 .fetch_one(&self.reader)
-                .await?;
+                .await
+                .map_err(StoreError::from)
+        };
+        if max == 0 || from > to {
+            return Ok(0);
+        }
+        let mut limit = PAGE_SIZE.min(max);
+        let mut page = fetch(from, limit).await?;
+        let (mut count, mut payload) = (0, Vec::new());
+        loop {
             let mut rows: Vec<ReplayRow<'_>> = serde_json::from_str(&page).map_err(|e| {
                 StoreError::Internal(format!("a replay page of {stream} did not parse: {e}"))
             })?;
@@ -412,32 +417,69 @@ impl EventStore for SqliteStore {
             if !rows.is_sorted_by_key(|row| row.0) {
                 rows.sort_unstable_by_key(|row| row.0);
             }
+            count += rows.len();
+            let after = rows
+                .last()
+                .and_then(|row| u64::try_from(row.0).ok()?.checked_add(1))
+                .filter(|after| rows.len() == limit && count < max && *after <= to);
+            // The next page is asked for before this one is folded: SQLite's worker thread
+            // writes it meanwhile.
+            let mut next_page = None;
+            if let Some(after) = after {
+                limit = PAGE_SIZE.min(max - count);
+                let mut prefetch = Box::pin(maybe_done(fetch(after, limit)));
+                poll_fn(|cx| {
+                    let _started = prefetch.as_mut().poll(cx);
+                    Poll::Ready(())
+                })
+                .await;
+                next_page = Some(prefetch);
+            }
+            // The large payloads of the page, read in one query as the page reaches them.
+            let mut large = None;
             for ReplayRow(sequence, event_type, revision, format, hex) in &rows {
                 match hex {
                     Some(hex) if unhex(hex, &mut payload) => {}
                     Some(_) => {
-                        return Err(StoreError::Corrupt {
-                            stream: stream.clone(),
-                            sequence: to_u64(*sequence, "sequence")?,
-                            reason: "the payload did not come back from hex".into(),
-                        });
+                        return Err(StoreError::Internal(format!(
+                            "a replay page of {stream} has bad hex at {sequence}"
+                        )));
                     }
-                    None => payload = self.payload_of(stream, *sequence).await?,
+                    None => {
+                        let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
+                        let large = large.get_or_insert_with(|| {
+                            sqlx::query_as::<_, (i64, Vec<u8>)>(LARGE_PAYLOADS)
+                                .bind(stream.aggregate_type.as_str())
+                                .bind(stream.aggregate_id.as_str())
+                                .bind(first)
+                                .bind(last)
+                                .bind(REPLAY_INLINE_BYTES)
+                                .fetch(&self.reader)
+                        });
+                        payload = match large.try_next().await? {
+                            Some((at, bytes)) if at == *sequence => bytes,
+                            _ => {
+                                return Err(StoreError::Internal(format!(
+                                    "the large payload of {stream} at {sequence} was not read"
+                                )));
+                            }
+                        };
+                    }
                 }
                 visit(EncodedEvent::from_columns(
                     stream, *sequence, event_type, *revision, *format, &payload,
                 )?)?;
             }
-            count += rows.len();
-            let after = rows
-                .last()
-                .and_then(|row| u64::try_from(row.0).ok()?.checked_add(1));
-            match after {
-                Some(after) if rows.len() == limit => next = after,
-                _ => break,
-            }
+            drop(large);
+            drop(rows);
+            let Some(mut prefetch) = next_page else {
+                return Ok(count);
+            };
+            prefetch.as_mut().await;
+            page = prefetch.as_mut().take_output().ok_or_else(|| {
+                StoreError::Internal("a replay page was read but not kept".into())
+            })??;
         }
-        Ok(count)
     }
 
     #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max), err)]

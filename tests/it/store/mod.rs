@@ -262,6 +262,7 @@ all_backends!(
     replays_are_bounded_by_from_to_and_max,
     replays_hand_over_what_decoding_needs_within_the_same_bounds,
     replays_hand_over_large_events_and_odd_types_exactly,
+    replays_keep_their_bounds_across_pages,
     recent_command_ids_are_the_newest_distinct_in_range,
     a_wrong_expected_version_conflicts_and_writes_nothing,
     sixty_four_racers_on_one_stream_exactly_one_wins,
@@ -352,6 +353,14 @@ mod trait_defaults {
         super::scenarios::replays_hand_over_what_decoding_needs_within_the_same_bounds(Arc::new(
             Plain(MemoryStore::new()),
         ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn replays_keep_their_bounds_across_pages() {
+        super::scenarios::replays_keep_their_bounds_across_pages(Arc::new(Plain(
+            MemoryStore::new(),
+        )))
         .await;
     }
 

@@ -248,16 +248,26 @@ pub async fn replays_hand_over_what_decoding_needs_within_the_same_bounds(store:
 /// read them one by one).
 pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) {
     let stream = pot("large");
-    let events: Vec<NewEvent> = (0u8..6)
-        .map(|n| NewEvent {
+    // Large and small in turn, then around SQLite's inline limit of 4 KiB, and empty.
+    let sizes = [
+        1_048_576u32,
+        100,
+        1_048_576,
+        100,
+        1_048_576,
+        100,
+        4_096,
+        4_097,
+        0,
+    ];
+    let events: Vec<NewEvent> = (0u8..)
+        .zip(sizes)
+        .map(|(n, size)| NewEvent {
             event_id: Uuid::now_v7(),
-            event_type: format!("Odd \"type\" \\ {n} ü"),
+            event_type: format!("Odd \"type\" \\ {n} ü\n\t\u{1}"),
             revision: 1,
             format: PayloadFormat::MessagePack,
-            // Large and small in turn.
-            payload: (0..if n % 2 == 0 { 1_048_576u32 } else { 100 })
-                .map(|i| (i % 251) as u8 ^ n)
-                .collect(),
+            payload: (0..size).map(|i| (i % 251) as u8 ^ n).collect(),
             metadata: Metadata::default(),
         })
         .collect();
@@ -265,7 +275,7 @@ pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) 
         .append(request(&stream, ExpectedVersion::Exact(0), events.clone()))
         .await
         .unwrap();
-    for max in [usize::MAX, 5, 4, 1] {
+    for max in [usize::MAX, 8, 5, 4, 1] {
         let mut seen = Vec::new();
         let count = store
             .replay_stream(&stream, 1, u64::MAX, max, &mut |event| {
@@ -281,7 +291,7 @@ pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) 
             })
             .await
             .unwrap();
-        let all: Vec<u64> = (1..=6u64).take(max).collect();
+        let all: Vec<u64> = (1..=9u64).take(max).collect();
         assert_eq!((count, seen), (all.len(), all), "max {max}");
     }
     let mut from_five = Vec::new();
@@ -292,7 +302,57 @@ pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) 
         })
         .await
         .unwrap();
-    assert_eq!(from_five, [5, 6]);
+    assert_eq!(from_five, [5, 6, 7, 8, 9]);
+}
+
+/// A replay over more than a page keeps its bounds: a `max` that ends inside the second page,
+/// a range that starts inside the first and ends inside the third, and a stream of exactly two
+/// pages.
+pub async fn replays_keep_their_bounds_across_pages(store: Store) {
+    let replay = |stream: StreamId, from: u64, to: u64, max: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut seen = Vec::new();
+            let count = store
+                .replay_stream(&stream, from, to, max, &mut |event| {
+                    seen.push(event.sequence);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(count, seen.len());
+            seen
+        }
+    };
+    let long = pot("two and a half pages");
+    append_n(&store, &long, 0, 2_500).await;
+    let exact = pot("two pages");
+    append_n(&store, &exact, 0, 2_000).await;
+    let span = |from: u64, to: u64| (from..=to).collect::<Vec<u64>>();
+    assert_eq!(
+        replay(long.clone(), 1, u64::MAX, 1_500).await,
+        span(1, 1_500)
+    );
+    assert_eq!(
+        replay(long.clone(), 999, 2_101, usize::MAX).await,
+        span(999, 2_101)
+    );
+    assert_eq!(
+        replay(long.clone(), 1, u64::MAX, usize::MAX).await,
+        span(1, 2_500)
+    );
+    assert_eq!(
+        replay(long.clone(), 1_001, u64::MAX, 1_000).await,
+        span(1_001, 2_000)
+    );
+    assert_eq!(
+        replay(exact.clone(), 1, u64::MAX, usize::MAX).await,
+        span(1, 2_000)
+    );
+    assert_eq!(
+        replay(exact, 2_001, u64::MAX, usize::MAX).await,
+        Vec::<u64>::new()
+    );
 }
 
 /// The ids of the commands behind a stream's latest events: each once, newest first, within
