@@ -353,6 +353,23 @@ pub async fn replays_keep_their_bounds_across_pages(store: Store) {
         replay(exact, 2_001, u64::MAX, usize::MAX).await,
         Vec::<u64>::new()
     );
+    // A fold that fails inside a page (with the next one asked for already) stops the replay,
+    // and the store reads on as before.
+    for _ in 0..8 {
+        let stopped = store
+            .replay_stream(&long, 1, u64::MAX, usize::MAX, &mut |event| {
+                if event.sequence == 1_500 {
+                    return Err(StoreError::InvalidInput("stop".into()));
+                }
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(stopped, Err(StoreError::InvalidInput(_))),
+            "{stopped:?}"
+        );
+    }
+    assert_eq!(replay(long, 1, u64::MAX, usize::MAX).await, span(1, 2_500));
 }
 
 /// The ids of the commands behind a stream's latest events: each once, newest first, within
