@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,9 +20,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use futures_util::future::maybe_done;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Executor, QueryBuilder, Row, Sqlite, SqlitePool};
 use tracing::instrument;
 use uuid::Uuid;
@@ -233,6 +231,123 @@ impl SqliteStore {
     pub fn reader_pool(&self) -> &SqlitePool {
         &self.reader
     }
+
+    /// Reads up to `max` full events of `range` from `from` on (a sequence or a position), a
+    /// page of up to 1,000 as one JSON row at a time (see `FULL_PAGE`): sqlx's SQLite driver
+    /// costs more per row than SQLite takes to write the page.
+    async fn read_full(
+        &self,
+        range: Range<'_>,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (mut events, mut next) = (Vec::new(), from);
+        let mut payload = Vec::new();
+        while events.len() < max {
+            let limit = PAGE_SIZE.min(max - events.len());
+            let page = match range {
+                Range::Stream(stream, to) => {
+                    if next > to {
+                        break;
+                    }
+                    sqlx::query_scalar::<_, String>(&FULL_PAGE_STREAM)
+                        .bind(stream.aggregate_type.as_str())
+                        .bind(stream.aggregate_id.as_str())
+                        .bind(clamp(next))
+                        .bind(clamp(to))
+                }
+                Range::All => sqlx::query_scalar::<_, String>(&FULL_PAGE_ALL).bind(clamp(next)),
+            }
+            .bind(clamp(limit as u64))
+            .bind(REPLAY_INLINE_BYTES)
+            .fetch_one(&self.reader)
+            .await?;
+            let mut rows: Vec<FullRow<'_>> = serde_json::from_str(&page).map_err(|e| {
+                StoreError::Internal(format!("a page of events did not parse: {e}"))
+            })?;
+            let key = |row: &FullRow<'_>| match range {
+                Range::Stream(..) => row.3,
+                Range::All => row.0,
+            };
+            if !rows.is_sorted_by_key(key) {
+                rows.sort_unstable_by_key(key);
+            }
+            let mut large = None;
+            for row in &rows {
+                let stream = StreamId::new(row.1.as_ref(), row.2.as_ref());
+                match row.10 {
+                    Some(hex) if unhex(hex, &mut payload) => {}
+                    Some(_) => {
+                        return Err(StoreError::Internal(format!(
+                            "a page of events has bad hex at position {}",
+                            row.0
+                        )));
+                    }
+                    None => {
+                        let (first, last) = (key(&rows[0]), key(&rows[rows.len() - 1]));
+                        let large = large.get_or_insert_with(|| match range {
+                            Range::Stream(stream, _) => {
+                                sqlx::query_as::<_, (i64, Vec<u8>)>(LARGE_PAYLOADS)
+                                    .bind(stream.aggregate_type.as_str())
+                                    .bind(stream.aggregate_id.as_str())
+                                    .bind(first)
+                                    .bind(last)
+                                    .bind(REPLAY_INLINE_BYTES)
+                                    .fetch(&self.reader)
+                            }
+                            Range::All => {
+                                sqlx::query_as::<_, (i64, Vec<u8>)>(LARGE_PAYLOADS_BY_POSITION)
+                                    .bind(first)
+                                    .bind(last)
+                                    .bind(REPLAY_INLINE_BYTES)
+                                    .fetch(&self.reader)
+                            }
+                        });
+                        payload = match large.try_next().await? {
+                            Some((at, bytes)) if at == key(row) => bytes,
+                            _ => {
+                                return Err(StoreError::Internal(format!(
+                                    "the large payload at position {} was not read",
+                                    row.0
+                                )));
+                            }
+                        };
+                    }
+                }
+                let encoded =
+                    EncodedEvent::from_columns(&stream, row.3, &row.5, row.6, row.7, &payload)?;
+                let mut event_id = [0; 16];
+                if !unhex_into(row.4, &mut event_id) {
+                    return Err(StoreError::Corrupt {
+                        stream,
+                        sequence: encoded.sequence,
+                        reason: format!("the event id {:?} is not 16 bytes", row.4),
+                    });
+                }
+                events.push(RecordedEvent {
+                    metadata: Metadata::from_json(&row.9, &stream, encoded.sequence)?,
+                    position: to_u64(row.0, "global_position")?,
+                    event_id: Uuid::from_bytes(event_id),
+                    event_type: encoded.event_type.to_owned(),
+                    revision: encoded.revision,
+                    format: encoded.format,
+                    payload: encoded.payload.to_vec(),
+                    recorded_at: from_micros(row.8),
+                    sequence: encoded.sequence,
+                    stream,
+                });
+            }
+            let read = rows.len();
+            let after = rows
+                .last()
+                .and_then(|row| u64::try_from(key(row)).ok()?.checked_add(1));
+            match after {
+                Some(after) if read == limit => next = after,
+                _ => break,
+            }
+        }
+        Ok(events)
+    }
 }
 
 /// One page of a replay as one row: the page's events (up to `?5`, from sequence `?3`) as a
@@ -254,6 +369,50 @@ const LARGE_PAYLOADS: &str = "\
     SELECT sequence, payload FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
     AND sequence >= ?3 AND sequence <= ?4 AND octet_length(payload) > ?5 ORDER BY sequence";
 
+/// One page of full events as one row, as `REPLAY_PAGE` does for a replay: a JSON array of
+/// `[position, type, id, sequence, hex(event id), event type, revision, format, recorded at,
+/// metadata, hex(payload)]`, large payloads left out. `{WHERE}` picks the events and orders them;
+/// its last two parameters are the page's size and the inline limit.
+const FULL_PAGE: &str = "\
+    SELECT COALESCE(json_group_array(json_array(global_position, aggregate_type, aggregate_id, \
+             sequence, hex(event_id), event_type, payload_revision, payload_format, recorded_at, \
+             metadata, inline)), '[]') \
+    FROM (SELECT global_position, aggregate_type, aggregate_id, sequence, event_id, event_type, \
+                 payload_revision, payload_format, recorded_at, metadata, \
+                 CASE WHEN octet_length(payload) <= ?LIMIT_INLINE THEN hex(payload) END AS inline \
+          FROM events WHERE {WHERE})";
+
+/// The payloads a page of the global order left out, in order: those of
+/// `?1 <= position <= ?2` larger than `?3` bytes.
+const LARGE_PAYLOADS_BY_POSITION: &str = "\
+    SELECT global_position, payload FROM events WHERE global_position >= ?1 \
+    AND global_position <= ?2 AND octet_length(payload) > ?3 ORDER BY global_position";
+
+/// One event of a `FULL_PAGE`.
+#[derive(serde::Deserialize)]
+struct FullRow<'a>(
+    i64,
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    i64,
+    &'a str,
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    i64,
+    i64,
+    i64,
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    Option<&'a str>,
+);
+
+/// Which events a full read takes.
+#[derive(Clone, Copy)]
+enum Range<'a> {
+    /// One stream's, by sequence.
+    Stream(&'a StreamId, u64),
+    /// The global order's, by position.
+    All,
+}
+
 /// The largest payload a replay page carries inline: a page's JSON is at most about twice this
 /// per event (8 MiB for 1,000 events).
 const REPLAY_INLINE_BYTES: i64 = 4_096;
@@ -267,6 +426,39 @@ struct ReplayRow<'a>(
     i64,
     Option<&'a str>,
 );
+
+/// `FULL_PAGE` for one stream: `?1` and `?2` name it, from sequence `?3` through `?4`, `?5`
+/// events at most, `?6` the inline limit.
+static FULL_PAGE_STREAM: LazyLock<String> = LazyLock::new(|| {
+    full_page(
+        "aggregate_type = ?1 AND aggregate_id = ?2 AND sequence >= ?3 AND sequence <= ?4 \
+         ORDER BY sequence LIMIT ?5",
+        6,
+    )
+});
+
+/// `FULL_PAGE` for the global order: from position `?1`, `?2` events at most, `?3` the inline
+/// limit.
+static FULL_PAGE_ALL: LazyLock<String> =
+    LazyLock::new(|| full_page("global_position >= ?1 ORDER BY global_position LIMIT ?2", 3));
+
+/// `FULL_PAGE` for `selection` (a `WHERE` clause with its order and limit), the inline limit
+/// being parameter `inline`.
+fn full_page(selection: &str, inline: usize) -> String {
+    FULL_PAGE
+        .replace("{WHERE}", selection)
+        .replace("?LIMIT_INLINE", &format!("?{inline}"))
+}
+
+/// Decodes `hex` into exactly `into.len()` bytes; false if it is not that.
+fn unhex_into(hex: &str, into: &mut [u8]) -> bool {
+    let mut bytes = Vec::with_capacity(into.len());
+    if !unhex(hex, &mut bytes) || bytes.len() != into.len() {
+        return false;
+    }
+    into.copy_from_slice(&bytes);
+    true
+}
 
 /// Decodes SQLite's `hex()` (two digits a byte; SQLite writes upper case, lower case is read
 /// too) into `into`; false if `hex` is not that.
@@ -292,33 +484,6 @@ fn unhex(hex: &str, into: &mut Vec<u8>) -> bool {
         }
     }
     true
-}
-
-/// Reads a row of `EVENT_COLUMNS` by position (no column-name lookups on the hot read path).
-fn record(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let stream = StreamId::new(row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?);
-    // Checked as a replay checks them: a bad format or revision names the stream and sequence.
-    let encoded = EncodedEvent::from_columns(
-        &stream,
-        row.try_get(3)?,
-        row.try_get(5)?,
-        row.try_get::<i64, _>(6)?,
-        row.try_get::<i64, _>(7)?,
-        row.try_get(10)?,
-    )?;
-    let metadata: &str = row.try_get(9)?;
-    Ok(RecordedEvent {
-        metadata: Metadata::from_json(metadata, &stream, encoded.sequence)?,
-        position: to_u64(row.try_get(0)?, "global_position")?,
-        event_id: row.try_get(4)?,
-        event_type: encoded.event_type.to_owned(),
-        revision: encoded.revision,
-        format: encoded.format,
-        payload: encoded.payload.to_vec(),
-        recorded_at: from_micros(row.try_get(8)?),
-        sequence: encoded.sequence,
-        stream,
-    })
 }
 
 #[async_trait]
@@ -362,19 +527,7 @@ impl EventStore for SqliteStore {
         to: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND sequence >= ? AND sequence <= ? \
-             ORDER BY sequence LIMIT ?"
-        ))
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .bind(clamp(from))
-        .bind(clamp(to))
-        .bind(clamp(max as u64))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(record).collect()
+        self.read_full(Range::Stream(stream, to), from, max).await
     }
 
     // No `err`: the visitor's errors (an event that does not decode) are the caller's to report.
@@ -516,15 +669,7 @@ impl EventStore for SqliteStore {
 
     #[instrument(skip_all, fields(from = from, max = max), err)]
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= ? \
-             ORDER BY global_position LIMIT ?"
-        ))
-        .bind(clamp(from))
-        .bind(clamp(max as u64))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(record).collect()
+        self.read_full(Range::All, from, max).await
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
@@ -1093,6 +1238,63 @@ mod tests {
                     .all(|step| step.starts_with("SEARCH events USING INDEX")),
             "the page reads the events by scanning: {plan:#?}"
         );
+    }
+
+    #[tokio::test]
+    async fn full_pages_search_by_stream_or_by_position() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let mut conn = store.writer().lock().await.unwrap();
+        let details = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Vec<String> {
+            rows.iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect()
+        };
+        let stream = details(
+            sqlx::query(&format!("EXPLAIN QUERY PLAN {}", *FULL_PAGE_STREAM))
+                .bind("Pot")
+                .bind("p")
+                .bind(1i64)
+                .bind(i64::MAX)
+                .bind(1_000i64)
+                .bind(REPLAY_INLINE_BYTES)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap(),
+        );
+        assert!(
+            stream.iter().any(|s| s.contains("events"))
+                && stream
+                    .iter()
+                    .filter(|s| s.contains("events"))
+                    .all(|s| s.starts_with("SEARCH events USING INDEX")),
+            "{stream:#?}"
+        );
+        let all = details(
+            sqlx::query(&format!("EXPLAIN QUERY PLAN {}", *FULL_PAGE_ALL))
+                .bind(1i64)
+                .bind(1_000i64)
+                .bind(REPLAY_INLINE_BYTES)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap(),
+        );
+        assert!(
+            all.iter().any(|s| s.contains("events"))
+                && all
+                    .iter()
+                    .filter(|s| s.contains("events"))
+                    .all(|s| s.starts_with("SEARCH events USING INTEGER PRIMARY KEY")),
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn an_event_id_comes_back_from_hex_only_whole() {
+        let mut id = [0u8; 16];
+        assert!(unhex_into("000102030405060708090A0B0C0D0E0F", &mut id));
+        assert_eq!(id, core::array::from_fn(|i| i as u8));
+        assert!(!unhex_into("0001", &mut id), "too short");
+        assert!(!unhex_into(&"00".repeat(17), &mut id), "too long");
     }
 
     #[test]

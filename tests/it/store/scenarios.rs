@@ -275,6 +275,26 @@ pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) 
         .append(request(&stream, ExpectedVersion::Exact(0), events.clone()))
         .await
         .unwrap();
+    // The full reads, of the stream and of the global order, carry the same bytes.
+    let read = store
+        .read_stream(&stream, 1, u64::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let global = store.read_all(read[0].position, usize::MAX).await.unwrap();
+    for (k, expected) in events.iter().enumerate() {
+        for (what, event) in [("stream", &read[k]), ("global", &global[k])] {
+            assert_eq!(
+                (event.sequence, &event.event_type, event.event_id),
+                (k as u64 + 1, &expected.event_type, expected.event_id),
+                "{what} read"
+            );
+            assert!(
+                event.payload == expected.payload,
+                "{what} payload of {}",
+                k + 1
+            );
+        }
+    }
     for max in [usize::MAX, 8, 5, 4, 1] {
         let mut seen = Vec::new();
         let count = store
