@@ -145,7 +145,9 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(recent.into_ids())
     }
 
-    /// Reads up to `max` events in global order with `position >= from`.
+    /// Reads up to `max` events in global order with `position >= from`. A store may read a
+    /// large `max` in pages, each in a transaction of its own: the events are in order and
+    /// without gaps, but not all from one snapshot.
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The position of the last committed event, 0 for an empty store.

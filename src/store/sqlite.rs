@@ -232,21 +232,21 @@ impl SqliteStore {
         &self.reader
     }
 
-    /// Reads up to `max` full events of `range` from `from` on (a sequence or a position), a
+    /// Reads up to `max` full events of `reading` from `from` on (a sequence or a position), a
     /// page of up to 1,000 as one JSON row at a time (see `FULL_PAGE`): sqlx's SQLite driver
-    /// costs more per row than SQLite takes to write the page.
+    /// costs more per row than SQLite takes to write the page. Each page is read in its own
+    /// transaction: a large `max` is gap-free and in order, not one snapshot.
     async fn read_full(
         &self,
-        range: Range<'_>,
+        reading: Reading<'_>,
         from: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (mut events, mut next) = (Vec::new(), from);
-        let mut payload = Vec::new();
         while events.len() < max {
             let limit = PAGE_SIZE.min(max - events.len());
-            let page = match range {
-                Range::Stream(stream, to) => {
+            let page = match reading {
+                Reading::Stream(stream, to) => {
                     if next > to {
                         break;
                     }
@@ -256,92 +256,110 @@ impl SqliteStore {
                         .bind(clamp(next))
                         .bind(clamp(to))
                 }
-                Range::All => sqlx::query_scalar::<_, String>(&FULL_PAGE_ALL).bind(clamp(next)),
+                Reading::All => sqlx::query_scalar::<_, String>(&FULL_PAGE_ALL).bind(clamp(next)),
             }
             .bind(clamp(limit as u64))
             .bind(REPLAY_INLINE_BYTES)
             .fetch_one(&self.reader)
             .await?;
             let mut rows: Vec<FullRow<'_>> = serde_json::from_str(&page).map_err(|e| {
-                StoreError::Internal(format!("a page of events did not parse: {e}"))
+                StoreError::Internal(format!("a page of events from {next} did not parse: {e}"))
             })?;
-            let key = |row: &FullRow<'_>| match range {
-                Range::Stream(..) => row.3,
-                Range::All => row.0,
-            };
-            if !rows.is_sorted_by_key(key) {
-                rows.sort_unstable_by_key(key);
+            if !rows.is_sorted_by_key(|row| reading.key(row)) {
+                rows.sort_unstable_by_key(|row| reading.key(row));
             }
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                break;
+            };
+            let (first, last) = (reading.key(first), reading.key(last));
+            events.reserve(rows.len());
             let mut large = None;
             for row in &rows {
-                let stream = StreamId::new(row.1.as_ref(), row.2.as_ref());
-                match row.10 {
-                    Some(hex) if unhex(hex, &mut payload) => {}
-                    Some(_) => {
+                let key = reading.key(row);
+                // A large payload or metadata: both come from one ordered query for the page.
+                let mut left_out = None;
+                if row.payload.is_none() || row.metadata.is_none() {
+                    let large = large.get_or_insert_with(|| match reading {
+                        Reading::Stream(stream, _) => {
+                            sqlx::query_as::<_, (i64, Vec<u8>, String)>(&LARGE_COLUMNS_STREAM)
+                                .bind(stream.aggregate_type.as_str())
+                                .bind(stream.aggregate_id.as_str())
+                                .bind(first)
+                                .bind(last)
+                                .bind(REPLAY_INLINE_BYTES)
+                                .fetch(&self.reader)
+                        }
+                        Reading::All => {
+                            sqlx::query_as::<_, (i64, Vec<u8>, String)>(&LARGE_COLUMNS_ALL)
+                                .bind(first)
+                                .bind(last)
+                                .bind(REPLAY_INLINE_BYTES)
+                                .fetch(&self.reader)
+                        }
+                    });
+                    left_out = match large.try_next().await? {
+                        Some((at, payload, metadata)) if at == key => Some((payload, metadata)),
+                        _ => {
+                            return Err(StoreError::Internal(format!(
+                                "the large columns of the event at {key} were not read"
+                            )));
+                        }
+                    };
+                }
+                let stream = StreamId::new(row.aggregate_type.as_ref(), row.aggregate_id.as_ref());
+                let mut payload = Vec::new();
+                match (row.payload, &mut left_out) {
+                    (Some(hex), _) if unhex(hex, &mut payload) => {}
+                    (Some(_), _) => {
                         return Err(StoreError::Internal(format!(
-                            "a page of events has bad hex at position {}",
-                            row.0
+                            "a page of events has bad hex at {key}"
                         )));
                     }
-                    None => {
-                        let (first, last) = (key(&rows[0]), key(&rows[rows.len() - 1]));
-                        let large = large.get_or_insert_with(|| match range {
-                            Range::Stream(stream, _) => {
-                                sqlx::query_as::<_, (i64, Vec<u8>)>(LARGE_PAYLOADS)
-                                    .bind(stream.aggregate_type.as_str())
-                                    .bind(stream.aggregate_id.as_str())
-                                    .bind(first)
-                                    .bind(last)
-                                    .bind(REPLAY_INLINE_BYTES)
-                                    .fetch(&self.reader)
-                            }
-                            Range::All => {
-                                sqlx::query_as::<_, (i64, Vec<u8>)>(LARGE_PAYLOADS_BY_POSITION)
-                                    .bind(first)
-                                    .bind(last)
-                                    .bind(REPLAY_INLINE_BYTES)
-                                    .fetch(&self.reader)
-                            }
-                        });
-                        payload = match large.try_next().await? {
-                            Some((at, bytes)) if at == key(row) => bytes,
-                            _ => {
-                                return Err(StoreError::Internal(format!(
-                                    "the large payload at position {} was not read",
-                                    row.0
-                                )));
-                            }
-                        };
-                    }
+                    (None, Some((large, _))) => payload = std::mem::take(large),
+                    (None, None) => return Err(left_out_unread()),
                 }
-                let encoded =
-                    EncodedEvent::from_columns(&stream, row.3, &row.5, row.6, row.7, &payload)?;
+                let metadata = match (&row.metadata, &left_out) {
+                    (Some(metadata), _) => metadata.as_ref(),
+                    (None, Some((_, metadata))) => metadata.as_str(),
+                    (None, None) => return Err(left_out_unread()),
+                };
+                let (sequence, revision, format) = {
+                    let checked = EncodedEvent::from_columns(
+                        &stream,
+                        row.sequence,
+                        &row.event_type,
+                        row.revision,
+                        row.format,
+                        &payload,
+                    )?;
+                    (checked.sequence, checked.revision, checked.format)
+                };
                 let mut event_id = [0; 16];
-                if !unhex_into(row.4, &mut event_id) {
+                if !unhex_into(row.event_id, &mut event_id) {
                     return Err(StoreError::Corrupt {
                         stream,
-                        sequence: encoded.sequence,
-                        reason: format!("the event id {:?} is not 16 bytes", row.4),
+                        sequence,
+                        reason: format!("the event id {:?} is not 16 bytes", row.event_id),
                     });
                 }
                 events.push(RecordedEvent {
-                    metadata: Metadata::from_json(&row.9, &stream, encoded.sequence)?,
-                    position: to_u64(row.0, "global_position")?,
+                    metadata: Metadata::from_json(metadata, &stream, sequence)?,
+                    position: to_u64(row.position, "global_position")?,
                     event_id: Uuid::from_bytes(event_id),
-                    event_type: encoded.event_type.to_owned(),
-                    revision: encoded.revision,
-                    format: encoded.format,
-                    payload: encoded.payload.to_vec(),
-                    recorded_at: from_micros(row.8),
-                    sequence: encoded.sequence,
+                    event_type: row.event_type.clone().into_owned(),
+                    revision,
+                    format,
+                    payload,
+                    recorded_at: from_micros(row.recorded_at),
+                    sequence,
                     stream,
                 });
             }
             let read = rows.len();
-            let after = rows
-                .last()
-                .and_then(|row| u64::try_from(key(row)).ok()?.checked_add(1));
-            match after {
+            match u64::try_from(last)
+                .ok()
+                .and_then(|last| last.checked_add(1))
+            {
                 Some(after) if read == limit => next = after,
                 _ => break,
             }
@@ -364,57 +382,74 @@ const REPLAY_PAGE: &str = "\
           AND sequence >= ?3 AND sequence <= ?4 ORDER BY sequence LIMIT ?5)";
 
 /// The payloads a replay page left out, in order: those of `?3 <= sequence <= ?4` larger than
-/// `?5` bytes.
+/// `?5` bytes (a full read has `LARGE_COLUMNS`).
 const LARGE_PAYLOADS: &str = "\
     SELECT sequence, payload FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
     AND sequence >= ?3 AND sequence <= ?4 AND octet_length(payload) > ?5 ORDER BY sequence";
 
 /// One page of full events as one row, as `REPLAY_PAGE` does for a replay: a JSON array of
 /// `[position, type, id, sequence, hex(event id), event type, revision, format, recorded at,
-/// metadata, hex(payload)]`, large payloads left out. `{WHERE}` picks the events and orders them;
-/// its last two parameters are the page's size and the inline limit.
+/// metadata, hex(payload)]`, with a payload or metadata larger than the inline limit left out
+/// (`null`; `LARGE_COLUMNS` reads those). `{WHERE}` picks the events, orders and limits them;
+/// `?INLINE` is the inline limit's parameter (see `full_page`).
 const FULL_PAGE: &str = "\
     SELECT COALESCE(json_group_array(json_array(global_position, aggregate_type, aggregate_id, \
              sequence, hex(event_id), event_type, payload_revision, payload_format, recorded_at, \
-             metadata, inline)), '[]') \
+             meta, inline)), '[]') \
     FROM (SELECT global_position, aggregate_type, aggregate_id, sequence, event_id, event_type, \
-                 payload_revision, payload_format, recorded_at, metadata, \
-                 CASE WHEN octet_length(payload) <= ?LIMIT_INLINE THEN hex(payload) END AS inline \
+                 payload_revision, payload_format, recorded_at, \
+                 CASE WHEN octet_length(metadata) <= ?INLINE THEN metadata END AS meta, \
+                 CASE WHEN octet_length(payload) <= ?INLINE THEN hex(payload) END AS inline \
           FROM events WHERE {WHERE})";
 
-/// The payloads a page of the global order left out, in order: those of
-/// `?1 <= position <= ?2` larger than `?3` bytes.
-const LARGE_PAYLOADS_BY_POSITION: &str = "\
-    SELECT global_position, payload FROM events WHERE global_position >= ?1 \
-    AND global_position <= ?2 AND octet_length(payload) > ?3 ORDER BY global_position";
+/// The payloads and metadata a page of full events left out, in order, with their key: `{WHERE}`
+/// picks the page's range; `?INLINE` is the inline limit.
+const LARGE_COLUMNS: &str = "\
+    SELECT {KEY}, payload, metadata FROM events WHERE {WHERE} \
+    AND (octet_length(payload) > ?INLINE OR octet_length(metadata) > ?INLINE) ORDER BY {KEY}";
 
-/// One event of a `FULL_PAGE`.
+/// One event of a `FULL_PAGE` (read from its JSON array by position).
 #[derive(serde::Deserialize)]
-struct FullRow<'a>(
-    i64,
-    #[serde(borrow)] std::borrow::Cow<'a, str>,
-    #[serde(borrow)] std::borrow::Cow<'a, str>,
-    i64,
-    &'a str,
-    #[serde(borrow)] std::borrow::Cow<'a, str>,
-    i64,
-    i64,
-    i64,
-    #[serde(borrow)] std::borrow::Cow<'a, str>,
-    Option<&'a str>,
-);
+struct FullRow<'a> {
+    position: i64,
+    #[serde(borrow)]
+    aggregate_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    aggregate_id: std::borrow::Cow<'a, str>,
+    sequence: i64,
+    event_id: &'a str,
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    revision: i64,
+    format: i64,
+    recorded_at: i64,
+    #[serde(borrow)]
+    metadata: Option<std::borrow::Cow<'a, str>>,
+    payload: Option<&'a str>,
+}
 
 /// Which events a full read takes.
 #[derive(Clone, Copy)]
-enum Range<'a> {
-    /// One stream's, by sequence.
+enum Reading<'a> {
+    /// One stream's up to a sequence, by sequence.
     Stream(&'a StreamId, u64),
     /// The global order's, by position.
     All,
 }
 
-/// The largest payload a replay page carries inline: a page's JSON is at most about twice this
-/// per event (8 MiB for 1,000 events).
+impl Reading<'_> {
+    /// The key a page is ordered and continued by.
+    fn key(self, row: &FullRow<'_>) -> i64 {
+        match self {
+            Reading::Stream(..) => row.sequence,
+            Reading::All => row.position,
+        }
+    }
+}
+
+/// The largest payload (and, in a full read, metadata) a page carries inline: a replay page's
+/// JSON is at most about twice this per event (8 MiB for 1,000 events); a full page adds the
+/// event's names and ids, which nothing bounds but their use.
 const REPLAY_INLINE_BYTES: i64 = 4_096;
 
 /// One event of a replay page, as `REPLAY_PAGE` writes it (no payload: a large one).
@@ -431,46 +466,89 @@ struct ReplayRow<'a>(
 /// events at most, `?6` the inline limit.
 static FULL_PAGE_STREAM: LazyLock<String> = LazyLock::new(|| {
     full_page(
+        FULL_PAGE,
         "aggregate_type = ?1 AND aggregate_id = ?2 AND sequence >= ?3 AND sequence <= ?4 \
          ORDER BY sequence LIMIT ?5",
+        "",
         6,
     )
 });
 
 /// `FULL_PAGE` for the global order: from position `?1`, `?2` events at most, `?3` the inline
 /// limit.
-static FULL_PAGE_ALL: LazyLock<String> =
-    LazyLock::new(|| full_page("global_position >= ?1 ORDER BY global_position LIMIT ?2", 3));
+static FULL_PAGE_ALL: LazyLock<String> = LazyLock::new(|| {
+    full_page(
+        FULL_PAGE,
+        "global_position >= ?1 ORDER BY global_position LIMIT ?2",
+        "",
+        3,
+    )
+});
 
-/// `FULL_PAGE` for `selection` (a `WHERE` clause with its order and limit), the inline limit
-/// being parameter `inline`.
-fn full_page(selection: &str, inline: usize) -> String {
-    FULL_PAGE
+/// `LARGE_COLUMNS` for one stream's page: `?1` and `?2` name it, sequences `?3` through `?4`,
+/// `?5` the inline limit.
+static LARGE_COLUMNS_STREAM: LazyLock<String> = LazyLock::new(|| {
+    full_page(
+        LARGE_COLUMNS,
+        "aggregate_type = ?1 AND aggregate_id = ?2 AND sequence >= ?3 AND sequence <= ?4",
+        "sequence",
+        5,
+    )
+});
+
+/// `LARGE_COLUMNS` for a page of the global order: positions `?1` through `?2`, `?3` the inline
+/// limit.
+static LARGE_COLUMNS_ALL: LazyLock<String> = LazyLock::new(|| {
+    full_page(
+        LARGE_COLUMNS,
+        "global_position >= ?1 AND global_position <= ?2",
+        "global_position",
+        3,
+    )
+});
+
+/// `template` with its `{WHERE}` and `{KEY}` filled in and `?INLINE` numbered `inline`.
+fn full_page(template: &str, selection: &str, key: &str, inline: usize) -> String {
+    template
         .replace("{WHERE}", selection)
-        .replace("?LIMIT_INLINE", &format!("?{inline}"))
+        .replace("{KEY}", key)
+        .replace("?INLINE", &format!("?{inline}"))
+}
+
+/// The error for a column left out of a page that its large-columns query did not carry
+/// (the query reads every row the page left something out of, so this is a bug).
+fn left_out_unread() -> StoreError {
+    StoreError::Internal("a column left out of a page was not read".into())
 }
 
 /// Decodes `hex` into exactly `into.len()` bytes; false if it is not that.
 fn unhex_into(hex: &str, into: &mut [u8]) -> bool {
-    let mut bytes = Vec::with_capacity(into.len());
-    if !unhex(hex, &mut bytes) || bytes.len() != into.len() {
+    let digits = hex.as_bytes();
+    if digits.len() != into.len() * 2 {
         return false;
     }
-    into.copy_from_slice(&bytes);
+    for (byte, pair) in into.iter_mut().zip(digits.chunks_exact(2)) {
+        match (hex_digit(pair[0]), hex_digit(pair[1])) {
+            (Some(high), Some(low)) => *byte = high << 4 | low,
+            _ => return false,
+        }
+    }
     true
+}
+
+/// The value of one hex digit.
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
 }
 
 /// Decodes SQLite's `hex()` (two digits a byte; SQLite writes upper case, lower case is read
 /// too) into `into`; false if `hex` is not that.
 fn unhex(hex: &str, into: &mut Vec<u8>) -> bool {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
     into.clear();
     let bytes = hex.as_bytes();
     if bytes.len() % 2 != 0 {
@@ -478,7 +556,7 @@ fn unhex(hex: &str, into: &mut Vec<u8>) -> bool {
     }
     into.reserve(bytes.len() / 2);
     for pair in bytes.chunks_exact(2) {
-        match (digit(pair[0]), digit(pair[1])) {
+        match (hex_digit(pair[0]), hex_digit(pair[1])) {
             (Some(high), Some(low)) => into.push(high << 4 | low),
             _ => return false,
         }
@@ -527,7 +605,7 @@ impl EventStore for SqliteStore {
         to: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_full(Range::Stream(stream, to), from, max).await
+        self.read_full(Reading::Stream(stream, to), from, max).await
     }
 
     // No `err`: the visitor's errors (an event that does not decode) are the caller's to report.
@@ -669,7 +747,7 @@ impl EventStore for SqliteStore {
 
     #[instrument(skip_all, fields(from = from, max = max), err)]
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_full(Range::All, from, max).await
+        self.read_full(Reading::All, from, max).await
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
@@ -1215,77 +1293,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_replay_page_searches_the_streams_index() {
-        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {REPLAY_PAGE}"))
-            .bind("Pot")
-            .bind("p")
-            .bind(1i64)
-            .bind(i64::MAX)
-            .bind(1_000i64)
-            .bind(REPLAY_INLINE_BYTES)
-            .fetch_all(&mut *store.writer().lock().await.unwrap())
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>("detail"))
-            .collect();
-        let reads: Vec<&String> = plan.iter().filter(|s| s.contains("events")).collect();
-        assert!(
-            !reads.is_empty()
-                && reads
-                    .iter()
-                    .all(|step| step.starts_with("SEARCH events USING INDEX")),
-            "the page reads the events by scanning: {plan:#?}"
-        );
-    }
-
-    #[tokio::test]
     async fn full_pages_search_by_stream_or_by_position() {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         let mut conn = store.writer().lock().await.unwrap();
-        let details = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Vec<String> {
-            rows.iter()
+        // Each statement with parameters that make SQLite plan it as the store runs it, and
+        // how it must read the events: by the streams index, or by a range of positions.
+        let by_stream = "SEARCH events USING INDEX";
+        let by_position = "SEARCH events USING INTEGER PRIMARY KEY";
+        let stream_binds: &[i64] = &[1, i64::MAX, 1_000, REPLAY_INLINE_BYTES];
+        let statements: [(&str, &[i64], bool, &str); 5] = [
+            (&FULL_PAGE_STREAM, stream_binds, true, by_stream),
+            (
+                &FULL_PAGE_ALL,
+                &[1, 1_000, REPLAY_INLINE_BYTES],
+                false,
+                by_position,
+            ),
+            (
+                &LARGE_COLUMNS_STREAM,
+                &[1, 1_000, REPLAY_INLINE_BYTES],
+                true,
+                by_stream,
+            ),
+            (
+                &LARGE_COLUMNS_ALL,
+                &[1, 1_000, REPLAY_INLINE_BYTES],
+                false,
+                by_position,
+            ),
+            (REPLAY_PAGE, stream_binds, true, by_stream),
+        ];
+        for (sql, binds, named, expected) in statements {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(&explain);
+            if named {
+                query = query.bind("Pot").bind("p");
+            }
+            for bind in binds {
+                query = query.bind(*bind);
+            }
+            let plan: Vec<String> = query
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
+                .iter()
                 .map(|row| row.get::<String, _>("detail"))
-                .collect()
-        };
-        let stream = details(
-            sqlx::query(&format!("EXPLAIN QUERY PLAN {}", *FULL_PAGE_STREAM))
-                .bind("Pot")
-                .bind("p")
-                .bind(1i64)
-                .bind(i64::MAX)
-                .bind(1_000i64)
-                .bind(REPLAY_INLINE_BYTES)
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap(),
-        );
-        assert!(
-            stream.iter().any(|s| s.contains("events"))
-                && stream
-                    .iter()
-                    .filter(|s| s.contains("events"))
-                    .all(|s| s.starts_with("SEARCH events USING INDEX")),
-            "{stream:#?}"
-        );
-        let all = details(
-            sqlx::query(&format!("EXPLAIN QUERY PLAN {}", *FULL_PAGE_ALL))
-                .bind(1i64)
-                .bind(1_000i64)
-                .bind(REPLAY_INLINE_BYTES)
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap(),
-        );
-        assert!(
-            all.iter().any(|s| s.contains("events"))
-                && all
-                    .iter()
-                    .filter(|s| s.contains("events"))
-                    .all(|s| s.starts_with("SEARCH events USING INTEGER PRIMARY KEY")),
-            "{all:#?}"
-        );
+                .collect();
+            let reads: Vec<&String> = plan.iter().filter(|s| s.contains("events")).collect();
+            assert!(
+                !reads.is_empty() && reads.iter().all(|s| s.starts_with(expected)),
+                "{sql}: {plan:#?}"
+            );
+            assert!(
+                !plan.iter().any(|s| s.contains("TEMP B-TREE")),
+                "{sql} sorts: {plan:#?}"
+            );
+        }
     }
 
     #[test]

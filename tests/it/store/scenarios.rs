@@ -268,7 +268,16 @@ pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) 
             revision: 1,
             format: PayloadFormat::MessagePack,
             payload: (0..size).map(|i| (i % 251) as u8 ^ n).collect(),
-            metadata: Metadata::default(),
+            // Some with metadata larger than SQLite's inline limit too.
+            metadata: Metadata {
+                command_id: Some(Uuid::now_v7()),
+                extra: [(
+                    "note".to_owned(),
+                    "x".repeat(if n % 3 == 0 { 10_000 } else { 10 }),
+                )]
+                .into(),
+                ..Metadata::default()
+            },
         })
         .collect();
     store
@@ -281,11 +290,23 @@ pub async fn replays_hand_over_large_events_and_odd_types_exactly(store: Store) 
         .await
         .unwrap();
     let global = store.read_all(read[0].position, usize::MAX).await.unwrap();
+    assert_eq!((read.len(), global.len()), (events.len(), events.len()));
     for (k, expected) in events.iter().enumerate() {
         for (what, event) in [("stream", &read[k]), ("global", &global[k])] {
             assert_eq!(
                 (event.sequence, &event.event_type, event.event_id),
                 (k as u64 + 1, &expected.event_type, expected.event_id),
+                "{what} read"
+            );
+            assert_eq!(
+                event.metadata,
+                expected.metadata,
+                "{what} metadata of {}",
+                k + 1
+            );
+            assert_eq!(
+                (event.revision, event.format, event.position),
+                (1, PayloadFormat::MessagePack, read[0].position + k as u64),
                 "{what} read"
             );
             assert!(
@@ -370,8 +391,71 @@ pub async fn replays_keep_their_bounds_across_pages(store: Store) {
         span(1, 2_000)
     );
     assert_eq!(
-        replay(exact, 2_001, u64::MAX, usize::MAX).await,
+        replay(exact.clone(), 2_001, u64::MAX, usize::MAX).await,
         Vec::<u64>::new()
+    );
+    // The full reads keep the same bounds across their pages, and a large payload on a later
+    // page, behind another stream's in the global order, comes back whole.
+    let large = NewEvent {
+        payload: vec![7; 5_000],
+        ..pruned(0)
+    };
+    store
+        .append(request(
+            &exact,
+            ExpectedVersion::Exact(2_000),
+            vec![large.clone()],
+        ))
+        .await
+        .unwrap();
+    store
+        .append(request(
+            &long,
+            ExpectedVersion::Exact(2_500),
+            vec![pruned(1)],
+        ))
+        .await
+        .unwrap();
+    let sequences = |events: Vec<nursery::store::RecordedEvent>| -> Vec<u64> {
+        events.iter().map(|e| e.sequence).collect()
+    };
+    assert_eq!(
+        sequences(store.read_stream(&long, 1, u64::MAX, 1_500).await.unwrap()),
+        span(1, 1_500)
+    );
+    assert_eq!(
+        sequences(
+            store
+                .read_stream(&long, 999, 2_101, usize::MAX)
+                .await
+                .unwrap()
+        ),
+        span(999, 2_101)
+    );
+    assert_eq!(
+        sequences(
+            store
+                .read_stream(&long, 1, 2_000, usize::MAX)
+                .await
+                .unwrap()
+        ),
+        span(1, 2_000)
+    );
+    let global = store.read_all(1, usize::MAX).await.unwrap();
+    let positions: Vec<u64> = global.iter().map(|e| e.position).collect();
+    assert_eq!(positions, span(1, 4_502));
+    assert_eq!(
+        global[4_500].payload, large.payload,
+        "the large one, 4,501st"
+    );
+    assert_eq!(
+        (global[4_501].stream.clone(), global[4_501].sequence),
+        (long.clone(), 2_501)
+    );
+    let middle = store.read_all(999, 1_500).await.unwrap();
+    assert_eq!(
+        middle.iter().map(|e| e.position).collect::<Vec<_>>(),
+        span(999, 2_498)
     );
     // A fold that fails inside a page (with the next one asked for already) stops the replay,
     // and the store reads on as before.
@@ -389,7 +473,7 @@ pub async fn replays_keep_their_bounds_across_pages(store: Store) {
             "{stopped:?}"
         );
     }
-    assert_eq!(replay(long, 1, u64::MAX, usize::MAX).await, span(1, 2_500));
+    assert_eq!(replay(long, 1, u64::MAX, usize::MAX).await, span(1, 2_501));
 }
 
 /// The ids of the commands behind a stream's latest events: each once, newest first, within
