@@ -905,12 +905,10 @@ impl Nursery {
     ) -> Result<Vec<A::Event>, ShopError> {
         let stream = StreamId::new(A::TYPE, id);
         let codec = &self.inner.codec;
-        let count =
-            usize::try_from(to.saturating_sub(from).saturating_add(1)).unwrap_or(usize::MAX);
-        let mut events = Vec::with_capacity(count.min(64));
+        let mut events = Vec::new();
         self.inner
             .store
-            .replay_stream(&stream, from, to, count, &mut |event| {
+            .replay_stream(&stream, from, to, usize::MAX, &mut |event| {
                 events.push(codec.decode_encoded::<A::Event>(&stream, event)?);
                 Ok(())
             })

@@ -131,18 +131,17 @@ impl EventStore for MemoryStore {
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         let inner = self.lock();
-        let mut recent = NewestFirst::new(max);
-        if let Some(indexes) = inner.streams.get(stream) {
-            for event in indexes.iter().rev().map(|&i| &inner.events[i]) {
-                if event.sequence > to {
-                    continue;
-                }
-                if event.sequence < from || recent.offer(event.metadata.command_id) {
-                    break;
-                }
-            }
-        }
-        Ok(recent.into_ids())
+        let Some(indexes) = inner.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let newest_first = indexes
+            .iter()
+            .rev()
+            .map(|&i| &inner.events[i])
+            .skip_while(|event| event.sequence > to)
+            .take_while(|event| event.sequence >= from)
+            .map(|event| event.metadata.command_id);
+        Ok(NewestFirst::collect(newest_first, max))
     }
 
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -124,25 +124,18 @@ pub trait EventStore: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         let mut newest_last = Vec::new();
-        let mut next = from;
-        while next <= to {
-            let page = self.read_stream(stream, next, to, PAGE_SIZE).await?;
-            let Some(last) = page.last().map(|e| e.sequence) else {
-                break;
-            };
-            newest_last.extend(page.iter().map(|e| e.metadata.command_id));
-            if page.len() < PAGE_SIZE || last == u64::MAX {
-                break;
-            }
-            next = last + 1;
-        }
-        let mut recent = NewestFirst::new(max);
-        for id in newest_last.into_iter().rev() {
-            if recent.offer(id) {
-                break;
-            }
-        }
-        Ok(recent.into_ids())
+        in_pages(
+            from,
+            to,
+            usize::MAX,
+            |next, limit| self.read_stream(stream, next, to, limit),
+            |event: &RecordedEvent| {
+                newest_last.push(event.metadata.command_id);
+                Ok(event.sequence)
+            },
+        )
+        .await?;
+        Ok(NewestFirst::collect(newest_last.into_iter().rev(), max))
     }
 
     /// Reads up to `max` events in global order with `position >= from`. A store may read a

@@ -40,6 +40,21 @@ impl NewestFirst {
     pub(crate) fn into_ids(self) -> Vec<Uuid> {
         self.ids
     }
+
+    /// The ids of `newest_first` (the command ids of events, newest first), each once, at most
+    /// `max`.
+    pub(crate) fn collect(
+        newest_first: impl IntoIterator<Item = Option<Uuid>>,
+        max: usize,
+    ) -> Vec<Uuid> {
+        let mut recent = Self::new(max);
+        for id in newest_first {
+            if recent.offer(id) {
+                break;
+            }
+        }
+        recent.into_ids()
+    }
 }
 
 /// The loop of [`super::EventStore::recent_command_ids`] for a store that reads pages

@@ -207,13 +207,11 @@ impl<A: Aggregate> Repository<A> {
         for record in &missed {
             self.fold_event(&stream, &mut loaded, record.encoded())?;
         }
-        let mut recent = NewestFirst::new(RECENT_COMMANDS);
-        for record in missed.iter().rev() {
-            if recent.offer(record.metadata.command_id) {
-                break;
-            }
-        }
-        remember(&mut loaded, recent.into_ids());
+        let newest = NewestFirst::collect(
+            missed.iter().rev().map(|record| record.metadata.command_id),
+            RECENT_COMMANDS,
+        );
+        remember(&mut loaded, newest);
         if missed.len() < interval {
             return Ok(loaded);
         }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use futures_util::future::maybe_done;
+use futures_util::stream::BoxStream;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Executor, QueryBuilder, Row, Sqlite, SqlitePool};
@@ -277,52 +278,28 @@ impl SqliteStore {
             for row in &rows {
                 let key = reading.key(row);
                 // A large payload or metadata: both come from one ordered query for the page.
-                let mut left_out = None;
-                if row.payload.is_none() || row.metadata.is_none() {
-                    let large = large.get_or_insert_with(|| match reading {
-                        Reading::Stream(stream, _) => {
-                            sqlx::query_as::<_, (i64, Vec<u8>, String)>(&LARGE_COLUMNS_STREAM)
-                                .bind(stream.aggregate_type.as_str())
-                                .bind(stream.aggregate_id.as_str())
-                                .bind(first)
-                                .bind(last)
-                                .bind(REPLAY_INLINE_BYTES)
-                                .fetch(&self.reader)
-                        }
-                        Reading::All => {
-                            sqlx::query_as::<_, (i64, Vec<u8>, String)>(&LARGE_COLUMNS_ALL)
-                                .bind(first)
-                                .bind(last)
-                                .bind(REPLAY_INLINE_BYTES)
-                                .fetch(&self.reader)
-                        }
-                    });
-                    left_out = match large.try_next().await? {
-                        Some((at, payload, metadata)) if at == key => Some((payload, metadata)),
-                        _ => {
+                let (large_payload, large_metadata) =
+                    if row.payload.is_none() || row.metadata.is_none() {
+                        let rows =
+                            large.get_or_insert_with(|| self.large_columns(reading, first, last));
+                        take_large(rows, key).await?
+                    } else {
+                        Default::default()
+                    };
+                let stream = StreamId::new(row.aggregate_type.as_ref(), row.aggregate_id.as_ref());
+                let payload = match row.payload {
+                    Some(hex) => {
+                        let mut payload = Vec::new();
+                        if !unhex(hex, &mut payload) {
                             return Err(StoreError::Internal(format!(
-                                "the large columns of the event at {key} were not read"
+                                "a page of events has bad hex at {key}"
                             )));
                         }
-                    };
-                }
-                let stream = StreamId::new(row.aggregate_type.as_ref(), row.aggregate_id.as_ref());
-                let mut payload = Vec::new();
-                match (row.payload, &mut left_out) {
-                    (Some(hex), _) if unhex(hex, &mut payload) => {}
-                    (Some(_), _) => {
-                        return Err(StoreError::Internal(format!(
-                            "a page of events has bad hex at {key}"
-                        )));
+                        payload
                     }
-                    (None, Some((large, _))) => payload = std::mem::take(large),
-                    (None, None) => return Err(left_out_unread()),
-                }
-                let metadata = match (&row.metadata, &left_out) {
-                    (Some(metadata), _) => metadata.as_ref(),
-                    (None, Some((_, metadata))) => metadata.as_str(),
-                    (None, None) => return Err(left_out_unread()),
+                    None => large_payload,
                 };
+                let metadata = row.metadata.as_deref().unwrap_or(&large_metadata);
                 let (sequence, revision, format) = {
                     let checked = EncodedEvent::from_columns(
                         &stream,
@@ -334,18 +311,17 @@ impl SqliteStore {
                     )?;
                     (checked.sequence, checked.revision, checked.format)
                 };
-                let mut event_id = [0; 16];
-                if !unhex_into(row.event_id, &mut event_id) {
+                let Ok(event_id) = Uuid::try_parse(row.event_id) else {
                     return Err(StoreError::Corrupt {
                         stream,
                         sequence,
                         reason: format!("the event id {:?} is not 16 bytes", row.event_id),
                     });
-                }
+                };
                 events.push(RecordedEvent {
                     metadata: Metadata::from_json(metadata, &stream, sequence)?,
                     position: to_u64(row.position, "global_position")?,
-                    event_id: Uuid::from_bytes(event_id),
+                    event_id,
                     event_type: row.event_type.clone().into_owned(),
                     revision,
                     format,
@@ -366,11 +342,53 @@ impl SqliteStore {
         }
         Ok(events)
     }
+
+    /// The payloads and metadata that a page of `reading` with keys `first..=last` left out
+    /// (those over the inline limit), in key order.
+    fn large_columns<'a>(
+        &'a self,
+        reading: Reading<'a>,
+        first: i64,
+        last: i64,
+    ) -> LargeColumns<'a> {
+        match reading {
+            Reading::Stream(stream, _) => sqlx::query_as(&LARGE_COLUMNS_STREAM)
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str()),
+            Reading::All => sqlx::query_as(&LARGE_COLUMNS_ALL),
+        }
+        .bind(first)
+        .bind(last)
+        .bind(REPLAY_INLINE_BYTES)
+        .fetch(&self.reader)
+    }
+}
+
+/// What [`SqliteStore::large_columns`] reads: key, payload and metadata.
+type LargeColumns<'a> = BoxStream<'a, Result<(i64, Vec<u8>, String), sqlx::Error>>;
+
+/// Takes the left-out payload and metadata of the event at `key` from `large` (in key order;
+/// rows before `key` belong to events whose page did not need them).
+async fn take_large(
+    large: &mut LargeColumns<'_>,
+    key: i64,
+) -> Result<(Vec<u8>, String), StoreError> {
+    while let Some((at, payload, metadata)) = large.try_next().await? {
+        if at == key {
+            return Ok((payload, metadata));
+        }
+        if at > key {
+            break;
+        }
+    }
+    Err(StoreError::Internal(format!(
+        "the large columns of the event at {key} were not read"
+    )))
 }
 
 /// One page of a replay as one row: the page's events (up to `?5`, from sequence `?3`) as a
 /// JSON array of `[sequence, type, revision, format, hex(payload)]`. A payload larger than `?6`
-/// bytes is left out (`null`; `LARGE_PAYLOADS` reads those), so a page's JSON stays small
+/// bytes is left out (`null`; `LARGE_COLUMNS` reads those), so a page's JSON stays small
 /// whatever the events hold. The size is tested inside the subquery, where SQLite reads it from
 /// the record's header without loading the payload.
 const REPLAY_PAGE: &str = "\
@@ -380,12 +398,6 @@ const REPLAY_PAGE: &str = "\
                  CASE WHEN octet_length(payload) <= ?6 THEN hex(payload) END AS inline \
           FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
           AND sequence >= ?3 AND sequence <= ?4 ORDER BY sequence LIMIT ?5)";
-
-/// The payloads a replay page left out, in order: those of `?3 <= sequence <= ?4` larger than
-/// `?5` bytes (a full read has `LARGE_COLUMNS`).
-const LARGE_PAYLOADS: &str = "\
-    SELECT sequence, payload FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
-    AND sequence >= ?3 AND sequence <= ?4 AND octet_length(payload) > ?5 ORDER BY sequence";
 
 /// One page of full events as one row, as `REPLAY_PAGE` does for a replay: a JSON array of
 /// `[position, type, id, sequence, hex(event id), event type, revision, format, recorded at,
@@ -515,53 +527,12 @@ fn full_page(template: &str, selection: &str, key: &str, inline: usize) -> Strin
         .replace("?INLINE", &format!("?{inline}"))
 }
 
-/// The error for a column left out of a page that its large-columns query did not carry
-/// (the query reads every row the page left something out of, so this is a bug).
-fn left_out_unread() -> StoreError {
-    StoreError::Internal("a column left out of a page was not read".into())
-}
-
-/// Decodes `hex` into exactly `into.len()` bytes; false if it is not that.
-fn unhex_into(hex: &str, into: &mut [u8]) -> bool {
-    let digits = hex.as_bytes();
-    if digits.len() != into.len() * 2 {
-        return false;
-    }
-    for (byte, pair) in into.iter_mut().zip(digits.chunks_exact(2)) {
-        match (hex_digit(pair[0]), hex_digit(pair[1])) {
-            (Some(high), Some(low)) => *byte = high << 4 | low,
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// The value of one hex digit.
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes SQLite's `hex()` (two digits a byte; SQLite writes upper case, lower case is read
-/// too) into `into`; false if `hex` is not that.
+/// Decodes SQLite's `hex()` into `into` (reused from event to event); false if `hex` is not
+/// hex digits, two a byte.
 fn unhex(hex: &str, into: &mut Vec<u8>) -> bool {
     into.clear();
-    let bytes = hex.as_bytes();
-    if bytes.len() % 2 != 0 {
-        return false;
-    }
-    into.reserve(bytes.len() / 2);
-    for pair in bytes.chunks_exact(2) {
-        match (hex_digit(pair[0]), hex_digit(pair[1])) {
-            (Some(high), Some(low)) => into.push(high << 4 | low),
-            _ => return false,
-        }
-    }
-    true
+    into.resize(hex.len() / 2, 0);
+    hex::decode_to_slice(hex, into).is_ok()
 }
 
 #[async_trait]
@@ -679,22 +650,9 @@ impl EventStore for SqliteStore {
                     None => {
                         let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
                         let large = large.get_or_insert_with(|| {
-                            sqlx::query_as::<_, (i64, Vec<u8>)>(LARGE_PAYLOADS)
-                                .bind(stream.aggregate_type.as_str())
-                                .bind(stream.aggregate_id.as_str())
-                                .bind(first)
-                                .bind(last)
-                                .bind(REPLAY_INLINE_BYTES)
-                                .fetch(&self.reader)
+                            self.large_columns(Reading::Stream(stream, to), first, last)
                         });
-                        payload = match large.try_next().await? {
-                            Some((at, bytes)) if at == *sequence => bytes,
-                            _ => {
-                                return Err(StoreError::Internal(format!(
-                                    "the large payload of {stream} at {sequence} was not read"
-                                )));
-                            }
-                        };
+                        payload = take_large(large, *sequence).await?.0;
                     }
                 }
                 visit(EncodedEvent::from_columns(
@@ -1351,13 +1309,16 @@ mod tests {
         }
     }
 
+    /// A full page carries the event id as SQLite's `hex()`, which `Uuid::try_parse` reads.
     #[test]
     fn an_event_id_comes_back_from_hex_only_whole() {
-        let mut id = [0u8; 16];
-        assert!(unhex_into("000102030405060708090A0B0C0D0E0F", &mut id));
-        assert_eq!(id, core::array::from_fn(|i| i as u8));
-        assert!(!unhex_into("0001", &mut id), "too short");
-        assert!(!unhex_into(&"00".repeat(17), &mut id), "too long");
+        let id = Uuid::try_parse("000102030405060708090A0B0C0D0E0F").unwrap();
+        assert_eq!(
+            *id.as_bytes(),
+            core::array::from_fn::<u8, 16, _>(|i| i as u8)
+        );
+        assert!(Uuid::try_parse("0001").is_err(), "too short");
+        assert!(Uuid::try_parse(&"00".repeat(17)).is_err(), "too long");
     }
 
     #[test]

@@ -282,6 +282,7 @@ all_backends!(
     a_ten_thousand_event_stream_streams_and_loads,
     repository_loads_from_the_latest_snapshot,
     a_tracking_reader_never_skips_under_concurrent_writers,
+    a_tracking_reader_never_skips_across_pages_and_large_payloads,
     a_failed_request_fails_the_later_requests_of_its_stream_in_the_batch,
     a_batch_of_a_thousand_streams_commits,
     an_append_cut_off_at_any_point_stores_all_or_nothing,

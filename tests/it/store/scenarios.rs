@@ -1303,6 +1303,64 @@ pub async fn a_tracking_reader_never_skips_under_concurrent_writers(store: Store
     assert_eq!(store.head().await.unwrap(), 400);
 }
 
+/// The same guarantee for reads of more than a page, whose events include large payloads
+/// (which SQLite reads apart from their page): every position once, in order, each with its
+/// own payload, while writers run.
+pub async fn a_tracking_reader_never_skips_across_pages_and_large_payloads(store: Store) {
+    // Every seventh event large (5,000 bytes of 1), the others small (10 bytes of 0).
+    let event = |k: u64| NewEvent {
+        payload: if k % 7 == 0 {
+            vec![1; 5_000]
+        } else {
+            vec![0; 10]
+        },
+        ..pruned(0)
+    };
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let stream = pot(&format!("pages-{w}"));
+                for i in 0..10u64 {
+                    let events = (0..30).map(|k| event(w + i * 30 + k)).collect();
+                    store
+                        .append(request(&stream, ExpectedVersion::Exact(i * 30), events))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut checkpoint = 0u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while checkpoint < 2_400 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader stuck at {checkpoint}"
+        );
+        for event in store.read_all(checkpoint + 1, 1_500).await.unwrap() {
+            assert_eq!(
+                event.position,
+                checkpoint + 1,
+                "the reader skipped or repeated a position"
+            );
+            let large = event.payload.first() == Some(&1);
+            assert_eq!(
+                event.payload,
+                if large { vec![1; 5_000] } else { vec![0; 10] },
+                "the payload of {}",
+                event.position
+            );
+            checkpoint = event.position;
+        }
+        tokio::task::yield_now().await;
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(store.head().await.unwrap(), 2_400);
+}
+
 pub async fn a_failed_request_fails_the_later_requests_of_its_stream_in_the_batch(store: Store) {
     let stream = pot("stock");
     append_n(&store, &stream, 0, 5).await;
