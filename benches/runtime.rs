@@ -3,7 +3,9 @@
 //! Workload: 1,000 carts × 10 AddItem commands from 64 concurrent clients (one durable event
 //! per command), on SQLite and PostgreSQL; the hot case (64 clients on one aggregate); and in
 //! the same run the raw sqlx rates for the same rows (one row per transaction from 64 writers,
-//! and batched). Then memory per live idle actor, RSS while touching 1M carts with passivation
+//! and batched). Each command row also gives the CPU time this process spent per command (all
+//! its threads: clients, runtime, SQLite's worker threads; not the PostgreSQL server's), which
+//! compares changes more steadily than a rate on a noisy machine. Then memory per live idle actor, RSS while touching 1M carts with passivation
 //! on, and rehydration speed.
 //!
 //! Run: `cargo bench --bench runtime` (PostgreSQL on 127.0.0.1:5432 for its rows).
@@ -106,6 +108,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// CPU time this process's threads have run so far (from `/proc/self/task/*/schedstat`, in
+/// nanoseconds): what a command costs in CPU, steadier than a rate on a noisy machine. Threads
+/// that ended are not counted (the runtime's threads live as long as the bench). `None` where
+/// there is no `/proc`.
+fn cpu_time() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// What one workload measured.
+struct Measured {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    /// CPU time of this process per command (the database server's not included).
+    cpu_per_command: Option<Duration>,
+}
+
 /// `clients` tasks; client c sends `per_cart` AddItem to each cart whose index is c mod clients
 /// (or to one cart in the hot case). Answers commands/s, p50, p99.
 async fn drive(
@@ -116,8 +140,9 @@ async fn drive(
     clients: usize,
     window: usize,
     hot: bool,
-) -> (f64, Duration, Duration) {
+) -> Measured {
     let gateway = runtime.gateway();
+    let cpu_before = cpu_time();
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|client| {
@@ -167,25 +192,38 @@ async fn drive(
         latencies.extend(task.await.unwrap());
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_before
+        .zip(cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
     latencies.sort_unstable();
-    (
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-    )
+    Measured {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        cpu_per_command: cpu.map(|cpu| cpu / latencies.len().max(1) as u32),
+    }
 }
 
-fn row(backend: &str, what: &str, rate: f64, p50: Option<Duration>, p99: Option<Duration>) {
+fn row(backend: &str, what: &str, rate: f64, measured: Option<&Measured>) {
     let ms = |d: Option<Duration>| {
         d.map_or("-".to_owned(), |d| {
             format!("{:.2}", d.as_secs_f64() * 1000.0)
         })
     };
+    let cpu = measured
+        .and_then(|m| m.cpu_per_command)
+        .map_or("-".to_owned(), |cpu| {
+            format!("{:.1}", cpu.as_secs_f64() * 1e6)
+        });
     println!(
-        "| {backend:<8} | {what:<46} | {rate:>10.0} | {:>8} | {:>8} |",
-        ms(p50),
-        ms(p99)
+        "| {backend:<8} | {what:<46} | {rate:>10.0} | {:>8} | {:>8} | {cpu:>10} |",
+        ms(measured.map(|m| m.p50)),
+        ms(measured.map(|m| m.p99))
     );
+}
+
+fn measured_row(backend: &str, what: &str, measured: &Measured) {
+    row(backend, what, measured.rate, Some(measured));
 }
 
 async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
@@ -207,31 +245,24 @@ async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(64);
     let (carts, per_cart) = (scale(1_000), 10);
-    let (rate, p50, p99) = drive(&runtime, "warm", 64, 2, clients, 1, false).await;
-    let _ = (rate, p50, p99);
-    let (rate, p50, p99) = drive(&runtime, "carts", carts, per_cart, clients, 1, false).await;
-    row(
+    drive(&runtime, "warm", 64, 2, clients, 1, false).await;
+    let measured = drive(&runtime, "carts", carts, per_cart, clients, 1, false).await;
+    measured_row(
         backend,
         &format!("{carts} carts x {per_cart} AddItem, {clients} clients"),
-        rate,
-        Some(p50),
-        Some(p99),
+        &measured,
     );
-    let (rate, p50, p99) = drive(&runtime, "many", carts, per_cart, clients, carts, false).await;
-    row(
+    let measured = drive(&runtime, "many", carts, per_cart, clients, carts, false).await;
+    measured_row(
         backend,
         "the same, each client all its carts at once",
-        rate,
-        Some(p50),
-        Some(p99),
+        &measured,
     );
-    let (rate, p50, p99) = drive(&runtime, "hot", clients * scale(40), 1, clients, 1, true).await;
-    row(
+    let measured = drive(&runtime, "hot", clients * scale(40), 1, clients, 1, true).await;
+    measured_row(
         backend,
         &format!("hot: {clients} clients on one cart"),
-        rate,
-        Some(p50),
-        Some(p99),
+        &measured,
     );
 }
 
@@ -279,7 +310,6 @@ async fn raw_sqlite(writer: SqliteWriter) {
         "raw sqlx: 1 row per transaction, 64 writers",
         n as f64 / start.elapsed().as_secs_f64(),
         None,
-        None,
     );
     let rows = scale(100_000);
     let start = Instant::now();
@@ -302,7 +332,6 @@ async fn raw_sqlite(writer: SqliteWriter) {
         "sqlite",
         "raw sqlx: batched, 1000 rows per transaction",
         rows as f64 / start.elapsed().as_secs_f64(),
-        None,
         None,
     );
 }
@@ -333,7 +362,6 @@ async fn raw_postgres(pool: sqlx::PgPool) {
         "raw sqlx: 1 row per transaction, 64 writers",
         n as f64 / start.elapsed().as_secs_f64(),
         None,
-        None,
     );
     let rows = scale(100_000);
     let start = Instant::now();
@@ -355,7 +383,6 @@ async fn raw_postgres(pool: sqlx::PgPool) {
         "postgres",
         "raw sqlx: batched, 1000 rows per transaction",
         rows as f64 / start.elapsed().as_secs_f64(),
-        None,
         None,
     );
 }
@@ -601,8 +628,8 @@ fn backend(name: &str) -> bool {
 fn main() {
     actix_rt::System::new().block_on(async {
         println!("Runtime benchmark: commands through gateway, actor, journal and store\n");
-        println!("| backend  | workload                                       | cmds/s     | p50 ms   | p99 ms   |");
-        println!("|----------|------------------------------------------------|------------|----------|----------|");
+        println!("| backend  | workload                                       | cmds/s     | p50 ms   | p99 ms   | CPU µs/cmd |");
+        println!("|----------|------------------------------------------------|------------|----------|----------|------------|");
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let sqlite = SqliteStore::connect(&url).await.unwrap();

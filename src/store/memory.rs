@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::plan::{StoredId, plan, stored_now};
 use super::{
-    AppendRequest, AppendResult, EventStore, NewestFirst, RecordedEvent, Snapshot, StoreError,
-    StreamId,
+    AppendRequest, AppendResult, EventStore, LoadStart, NewestFirst, RecordedEvent, Snapshot,
+    StoreError, StreamId,
 };
 
 /// An event store in memory.
@@ -29,6 +29,19 @@ struct Inner {
     streams: HashMap<StreamId, Vec<usize>>,
     ids: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, BTreeMap<u64, Snapshot>>,
+}
+
+impl Inner {
+    fn version(&self, stream: &StreamId) -> u64 {
+        self.streams.get(stream).map_or(0, |s| s.len() as u64)
+    }
+
+    fn newest_snapshot(&self, stream: &StreamId) -> Option<Snapshot> {
+        self.snapshots
+            .get(stream)
+            .and_then(|kept| kept.last_key_value())
+            .map(|(_, s)| s.clone())
+    }
 }
 
 impl MemoryStore {
@@ -52,10 +65,7 @@ impl EventStore for MemoryStore {
         let mut inner = self.lock();
         let versions = batch
             .iter()
-            .map(|r| {
-                let version = inner.streams.get(&r.stream).map_or(0, |s| s.len() as u64);
-                (r.stream.clone(), version)
-            })
+            .map(|r| (r.stream.clone(), inner.version(&r.stream)))
             .collect();
         let stored = batch
             .iter()
@@ -155,11 +165,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        Ok(self
-            .lock()
-            .streams
-            .get(stream)
-            .map_or(0, |s| s.len() as u64))
+        Ok(self.lock().version(stream))
     }
 
     async fn save_snapshot(&self, snapshot: &Snapshot, keep: usize) -> Result<(), StoreError> {
@@ -173,12 +179,15 @@ impl EventStore for MemoryStore {
     }
 
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.lock().newest_snapshot(stream))
+    }
+
+    async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .snapshots
-            .get(stream)
-            .and_then(|kept| kept.last_key_value())
-            .map(|(_, s)| s.clone()))
+        Ok(LoadStart {
+            snapshot: inner.newest_snapshot(stream),
+            version: Some(inner.version(stream)),
+        })
     }
 
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {

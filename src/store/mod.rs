@@ -45,8 +45,8 @@ pub(crate) use recent::{NewestFirst, RECENT_PAGE, recent_backwards};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use sqlite::{SqliteStore, SqliteWriter, WriterGuard};
 pub use types::{
-    AppendRequest, Appended, EncodedEvent, ExpectedVersion, Metadata, NewEvent, RecordedEvent,
-    Snapshot, StoreError, StreamId,
+    AppendRequest, Appended, EncodedEvent, ExpectedVersion, LoadStart, Metadata, NewEvent,
+    RecordedEvent, Snapshot, StoreError, StreamId,
 };
 
 /// How many rows one page of a streaming read fetches.
@@ -154,6 +154,20 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The newest snapshot of a stream, if any.
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Where a load of `stream` starts: its newest snapshot and, where the store reads it in the
+    /// same round trip, the stream's version. With the version, a load reads no events when
+    /// there are none after the snapshot, so an aggregate seen for the first time costs one
+    /// read, not two.
+    ///
+    /// The default reads the snapshot only (`version: None`); the stores here read both in one
+    /// statement.
+    async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
+        Ok(LoadStart {
+            snapshot: self.latest_snapshot(stream).await?,
+            version: None,
+        })
+    }
 
     /// How many snapshots a stream has kept.
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError>;

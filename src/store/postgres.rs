@@ -41,7 +41,7 @@ use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, PayloadFormat,
+    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, LoadStart, Metadata,
     RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
     recent_backwards,
 };
@@ -304,32 +304,41 @@ impl EventStore for PostgresStore {
     }
 
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.load_start(stream).await?.snapshot)
+    }
+
+    async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
+        // One statement, so the snapshot and the version are of one snapshot of the database;
+        // the version comes from the end of the streams index.
         let row = sqlx::query(
-            "SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
+            "SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e \
+                     WHERE e.aggregate_type = $1 AND e.aggregate_id = $2) AS version, \
+                    s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN LATERAL (SELECT sequence, payload_revision, payload_format, recorded_at, payload \
+                                FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                                ORDER BY sequence DESC LIMIT 1) s ON TRUE",
         )
         .bind(stream.aggregate_type.as_str())
         .bind(stream.aggregate_id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
-        let format_code: i16 = row.try_get("payload_format")?;
-        Ok(Some(Snapshot {
-            stream: stream.clone(),
-            sequence,
-            revision: u32::try_from(row.try_get::<i32, _>("payload_revision")?)
-                .map_err(|_| StoreError::Internal("snapshot revision out of range".into()))?,
-            format: PayloadFormat::from_code(i64::from(format_code)).ok_or_else(|| {
-                StoreError::Corrupt {
-                    stream: stream.clone(),
-                    sequence,
-                    reason: format!("unknown snapshot format {format_code}"),
-                }
-            })?,
-            payload: row.try_get("payload")?,
-            recorded_at: from_micros(row.try_get("recorded_at")?),
-        }))
+        let version = to_u64(row.try_get("version")?, "sequence")?;
+        let snapshot = match row.try_get::<Option<i64>, _>("sequence")? {
+            None => None,
+            Some(sequence) => Some(Snapshot::from_columns(
+                stream,
+                sequence,
+                i64::from(row.try_get::<i32, _>("payload_revision")?),
+                i64::from(row.try_get::<i16, _>("payload_format")?),
+                row.try_get("recorded_at")?,
+                row.try_get("payload")?,
+            )?),
+        };
+        Ok(LoadStart {
+            snapshot,
+            version: Some(version),
+        })
     }
 
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {

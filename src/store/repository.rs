@@ -133,43 +133,63 @@ impl<A: Aggregate> Repository<A> {
     /// page at a time, and the command ids of its latest events (those before the snapshot
     /// too). A snapshot of another revision, or one that does not decode, is ignored (with a
     /// warning) and the state is rebuilt from the events.
+    ///
+    /// The snapshot comes with the stream's version ([`EventStore::load_start`]), so when
+    /// nothing follows it no events are read: an aggregate seen for the first time costs one
+    /// read of the store.
     #[instrument(skip(self), fields(aggregate = A::TYPE), err)]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream = Self::stream(id);
-        let (state, version) = self.usable_snapshot(&stream).await?.unwrap_or_default();
+        let start = self.store.load_start(&stream).await?;
+        let (state, version) = start
+            .snapshot
+            .and_then(|snapshot| self.usable(snapshot))
+            .unwrap_or_default();
         let loaded = Loaded {
             state,
             version,
             replayed: 0,
             recent_commands: Vec::new(),
         };
+        if start.version == Some(version) {
+            // Nothing stored after the snapshot (for an aggregate seen for the first time,
+            // nothing at all): no events to read, only the command ids of the latest ones.
+            return self.remember_recent(&stream, loaded, 1).await;
+        }
         self.fold(&stream, loaded, 1).await
     }
 
     /// The latest snapshot of `stream` as a state and its version, if there is one of the
     /// current revision that decodes (others are ignored with a warning).
     async fn usable_snapshot(&self, stream: &StreamId) -> Result<Option<(A, u64)>, StoreError> {
-        let Some(snapshot) = self.store.latest_snapshot(stream).await? else {
-            return Ok(None);
-        };
+        Ok(self
+            .store
+            .latest_snapshot(stream)
+            .await?
+            .and_then(|snapshot| self.usable(snapshot)))
+    }
+
+    /// `snapshot` as a state and its version, if it is of the current revision and decodes
+    /// (if not, it is ignored with a warning).
+    fn usable(&self, snapshot: Snapshot) -> Option<(A, u64)> {
         if snapshot.revision != A::SNAPSHOT_REVISION {
             warn!(
                 revision = snapshot.revision,
                 current = A::SNAPSHOT_REVISION,
                 "ignoring a snapshot of another revision"
             );
-            return Ok(None);
+            return None;
         }
         match self.codec.decode_state::<A>(
-            stream,
+            &snapshot.stream,
             snapshot.sequence,
             snapshot.format,
             &snapshot.payload,
         ) {
-            Ok(state) => Ok(Some((state, snapshot.sequence))),
+            Ok(state) => Some((state, snapshot.sequence)),
             Err(error) => {
                 warn!(%error, "ignoring a snapshot that does not decode");
-                Ok(None)
+                None
             }
         }
     }
@@ -236,6 +256,17 @@ impl<A: Aggregate> Repository<A> {
                 self.fold_event(stream, &mut loaded, event)
             })
             .await?;
+        self.remember_recent(stream, loaded, ids_from).await
+    }
+
+    /// Adds to `loaded` the command ids of its latest events from `ids_from` on (at most the
+    /// last [`RECENT_WINDOW`]).
+    async fn remember_recent(
+        &self,
+        stream: &StreamId,
+        mut loaded: Loaded<A>,
+        ids_from: u64,
+    ) -> Result<Loaded<A>, StoreError> {
         let window = ids_from
             .max(loaded.version.saturating_sub(RECENT_WINDOW - 1))
             .max(1);

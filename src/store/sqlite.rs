@@ -30,8 +30,8 @@ use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, Metadata, PAGE_SIZE,
-    PayloadFormat, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, recent_backwards,
+    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, LoadStart, Metadata,
+    PAGE_SIZE, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, recent_backwards,
     sqlite_migrator,
 };
 
@@ -391,6 +391,18 @@ async fn take_large(
 /// bytes is left out (`null`; `LARGE_COLUMNS` reads those), so a page's JSON stays small
 /// whatever the events hold. The size is tested inside the subquery, where SQLite reads it from
 /// the record's header without loading the payload.
+/// A stream's newest snapshot (its columns NULL when it has none) and the stream's version, in
+/// one statement, so both are read in one transaction. The version is a scalar subquery, which
+/// SQLite answers from the end of the streams index.
+const LOAD_START: &str = "\
+SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e \
+         WHERE e.aggregate_type = ?1 AND e.aggregate_id = ?2) AS version, \
+       s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
+FROM (SELECT 1) \
+LEFT JOIN (SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
+           WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+           ORDER BY sequence DESC LIMIT 1) s ON 1";
+
 const REPLAY_PAGE: &str = "\
     SELECT COALESCE(json_group_array(json_array(sequence, event_type, payload_revision, \
              payload_format, inline)), '[]') \
@@ -759,30 +771,31 @@ impl EventStore for SqliteStore {
     }
 
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        let row = sqlx::query(
-            "SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
-             WHERE aggregate_type = ? AND aggregate_id = ? ORDER BY sequence DESC LIMIT 1",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let sequence = to_u64(row.try_get("sequence")?, "sequence")?;
-        let format_code: i64 = row.try_get("payload_format")?;
-        Ok(Some(Snapshot {
-            stream: stream.clone(),
-            sequence,
-            revision: u32::try_from(row.try_get::<i64, _>("payload_revision")?)
-                .map_err(|_| StoreError::Internal("snapshot revision out of range".into()))?,
-            format: PayloadFormat::from_code(format_code).ok_or_else(|| StoreError::Corrupt {
-                stream: stream.clone(),
+        Ok(self.load_start(stream).await?.snapshot)
+    }
+
+    async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
+        let row = sqlx::query(LOAD_START)
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .fetch_one(&self.reader)
+            .await?;
+        let version = to_u64(row.try_get("version")?, "sequence")?;
+        let snapshot = match row.try_get::<Option<i64>, _>("sequence")? {
+            None => None,
+            Some(sequence) => Some(Snapshot::from_columns(
+                stream,
                 sequence,
-                reason: format!("unknown snapshot format {format_code}"),
-            })?,
-            payload: row.try_get("payload")?,
-            recorded_at: from_micros(row.try_get("recorded_at")?),
-        }))
+                row.try_get("payload_revision")?,
+                row.try_get("payload_format")?,
+                row.try_get("recorded_at")?,
+                row.try_get("payload")?,
+            )?),
+        };
+        Ok(LoadStart {
+            snapshot,
+            version: Some(version),
+        })
     }
 
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {
@@ -1148,7 +1161,7 @@ fn clamp(value: u64) -> i64 {
 )]
 mod tests {
     use super::*;
-    use crate::store::{ExpectedVersion, NewEvent};
+    use crate::store::{ExpectedVersion, NewEvent, PayloadFormat};
 
     fn batch() -> Vec<AppendRequest> {
         ["a", "b"]
@@ -1307,6 +1320,37 @@ mod tests {
                 "{sql} sorts: {plan:#?}"
             );
         }
+    }
+
+    /// The load start reads the stream's version from the streams index and the snapshot by its
+    /// key, newest first: nothing scanned, nothing sorted.
+    #[tokio::test]
+    async fn the_load_start_searches_and_never_sorts() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let mut conn = store.writer().lock().await.unwrap();
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {LOAD_START}"))
+            .bind("Pot")
+            .bind("p")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+        let searches = |table: &str| {
+            plan.iter()
+                .filter(|step| step.starts_with(&format!("SEARCH {table} USING ")))
+                .count()
+        };
+        assert_eq!(searches("e"), 1, "{plan:#?}");
+        assert_eq!(searches("snapshots"), 1, "{plan:#?}");
+        // What it scans is the one constant row and the one-row snapshot subquery.
+        let tables = ["SCAN e", "SCAN events", "SCAN snapshots"];
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")
+                || tables.iter().any(|table| step.starts_with(table))),
+            "{plan:#?}"
+        );
     }
 
     /// A full page carries the event id as SQLite's `hex()`, which `Uuid::try_parse` reads.

@@ -244,6 +244,47 @@ pub struct Snapshot {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl Snapshot {
+    /// A snapshot of `stream` from the columns a SQL store reads; a format or a revision out
+    /// of range is an error naming the stream and the sequence.
+    pub(crate) fn from_columns(
+        stream: &StreamId,
+        sequence: i64,
+        revision: i64,
+        format_code: i64,
+        recorded_at_micros: i64,
+        payload: Vec<u8>,
+    ) -> Result<Self, StoreError> {
+        let sequence = to_u64(sequence, "sequence")?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            stream: stream.clone(),
+            sequence,
+            reason,
+        };
+        Ok(Self {
+            stream: stream.clone(),
+            sequence,
+            revision: u32::try_from(revision)
+                .map_err(|_| corrupt(format!("snapshot revision {revision} out of range")))?,
+            format: PayloadFormat::from_code(format_code)
+                .ok_or_else(|| corrupt(format!("unknown snapshot format {format_code}")))?,
+            payload,
+            recorded_at: from_micros(recorded_at_micros),
+        })
+    }
+}
+
+/// Where loading a stream starts: its newest snapshot and, when the store read it in the same
+/// round trip, the stream's version (both as of one moment).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadStart {
+    /// The newest snapshot of the stream, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The stream's version (0: no events), or `None` when the store did not read it: a load
+    /// then reads on from the snapshot to find what follows it.
+    pub version: Option<u64>,
+}
+
 /// What can go wrong in a store call. Each variant says how a caller should react.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::store::{
     AppendRequest, AppendResult, EncodedEvent, EventStore, EventStoreExt, ExpectedVersion,
-    NewEvent, RecordedEvent, Snapshot, StoreError, StreamId,
+    LoadStart, NewEvent, RecordedEvent, Snapshot, StoreError, StreamId,
 };
 
 /// Wraps a store; the next N appends can fail (the database is down), be rejected (each request
@@ -190,6 +190,10 @@ impl EventStore for FaultyStore {
 
     async fn latest_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         self.inner.latest_snapshot(stream).await
+    }
+
+    async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
+        self.inner.load_start(stream).await
     }
 
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {

@@ -275,6 +275,7 @@ all_backends!(
     a_batch_fails_only_its_conflicting_requests,
     global_reads_are_paged_in_position_order,
     snapshots_round_trip_and_only_the_newest_are_kept,
+    the_load_start_is_the_newest_snapshot_and_the_stream_version,
     old_revisions_are_upcast_on_read,
     unknown_types_and_corrupt_payloads_are_typed_errors,
     json_payloads_round_trip,
@@ -363,6 +364,18 @@ mod trait_defaults {
             MemoryStore::new(),
         )))
         .await;
+    }
+
+    /// The default load start reads the snapshot only; a load then reads on from it.
+    #[tokio::test]
+    async fn the_default_load_start_leaves_the_version_to_the_replay() {
+        let store: super::scenarios::Store = Arc::new(Plain(MemoryStore::new()));
+        let stream = StreamId::new("Pot", "p");
+        assert_eq!(
+            store.load_start(&stream).await.unwrap(),
+            nursery::store::LoadStart::default()
+        );
+        super::scenarios::repository_loads_from_the_latest_snapshot(store).await;
     }
 
     #[tokio::test]

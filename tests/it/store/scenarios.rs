@@ -6,15 +6,15 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use nursery::domain::Aggregate;
 use nursery::store::{
-    AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata, NewEvent,
-    PayloadFormat, Repository, Snapshot, SnapshotPolicy, StoreError, StreamId, stream_all,
-    stream_events,
+    AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, LoadStart,
+    Metadata, NewEvent, PayloadFormat, Repository, Snapshot, SnapshotPolicy, StoreError, StreamId,
+    stream_all, stream_events,
 };
 use uuid::Uuid;
 
 use crate::fixtures::{Planted, Pot, PotEvent, Pruned, Watered, upcasters};
 
-type Store = Arc<dyn EventStore>;
+pub type Store = Arc<dyn EventStore>;
 
 /// The version and positions an append answered.
 fn spans(appended: &Appended) -> (u64, Option<u64>, Option<u64>) {
@@ -991,6 +991,59 @@ pub async fn snapshots_round_trip_and_only_the_newest_are_kept(store: Store) {
     );
 }
 
+pub async fn the_load_start_is_the_newest_snapshot_and_the_stream_version(store: Store) {
+    let stream = pot("start");
+    let start =
+        |store: Store, stream: StreamId| async move { store.load_start(&stream).await.unwrap() };
+    let nothing = LoadStart {
+        snapshot: None,
+        version: Some(0),
+    };
+    assert_eq!(start(Arc::clone(&store), stream.clone()).await, nothing);
+    append_n(&store, &stream, 0, 3).await;
+    assert_eq!(
+        start(Arc::clone(&store), stream.clone()).await,
+        LoadStart {
+            snapshot: None,
+            version: Some(3)
+        }
+    );
+    let at = |sequence: u64| Snapshot {
+        stream: stream.clone(),
+        sequence,
+        revision: 4,
+        format: PayloadFormat::Json,
+        payload: vec![sequence as u8; 5_000],
+        recorded_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap(),
+    };
+    store.save_snapshot(&at(1), 2).await.unwrap();
+    store.save_snapshot(&at(2), 2).await.unwrap();
+    append_n(&store, &stream, 3, 2).await;
+    assert_eq!(
+        start(Arc::clone(&store), stream.clone()).await,
+        LoadStart {
+            snapshot: Some(at(2)),
+            version: Some(5)
+        },
+        "the newest snapshot, every field, and the version past it"
+    );
+    store.save_snapshot(&at(5), 2).await.unwrap();
+    assert_eq!(
+        start(Arc::clone(&store), stream.clone()).await,
+        LoadStart {
+            snapshot: Some(at(5)),
+            version: Some(5)
+        },
+        "a snapshot at the head"
+    );
+    // Another stream's events and snapshots are not its own; a prefix of the id is another id.
+    assert_eq!(start(Arc::clone(&store), pot("sta")).await, nothing);
+    assert_eq!(
+        start(Arc::clone(&store), StreamId::new("Pots", "start")).await,
+        nothing
+    );
+}
+
 pub async fn old_revisions_are_upcast_on_read(store: Store) {
     let stream = pot("old");
     #[derive(serde::Serialize)]
@@ -1228,6 +1281,11 @@ pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
         keep: 2,
     };
     let repository = Repository::<Pot>::new(Arc::clone(&store), codec(), policy);
+    let fresh = repository.load("p").await.unwrap();
+    assert_eq!(
+        (fresh.state, fresh.version, fresh.replayed),
+        (Pot::default(), 0, 0)
+    );
     let (state, version) = plant_and_water(&repository, 49).await;
     assert_eq!(version, 246);
     assert_eq!(store.snapshot_count(&pot("p")).await.unwrap(), 2);
@@ -1246,6 +1304,14 @@ pub async fn repository_loads_from_the_latest_snapshot(store: Store) {
     assert_eq!(
         loaded.replayed, 45,
         "only the events after the snapshot are replayed"
+    );
+
+    // A snapshot at the head: nothing to replay.
+    repository.snapshot("p", &state, 246).await.unwrap();
+    let at_head = repository.load("p").await.unwrap();
+    assert_eq!(
+        (&at_head.state, at_head.version, at_head.replayed),
+        (&state, 246, 0)
     );
 
     // A snapshot of another revision is ignored, and the state rebuilt from the events.
