@@ -40,7 +40,10 @@ use uuid::Uuid;
 pub use codec::{Codec, PayloadFormat, Upcasters};
 pub use memory::MemoryStore;
 pub use migrate::{postgres_migrator, sqlite_migrator};
-pub use postgres::{LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL, PostgresStore};
+pub use postgres::{
+    LOAD_START_SQL as POSTGRES_LOAD_START_SQL, LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL,
+    PostgresStore, STREAM_VERSION_SQL as POSTGRES_STREAM_VERSION_SQL,
+};
 pub(crate) use recent::{NewestFirst, RECENT_PAGE, recent_backwards};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use sqlite::{SqliteStore, SqliteWriter, WriterGuard};

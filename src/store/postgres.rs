@@ -49,6 +49,27 @@ use super::{
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
      event_type, payload_revision, payload_format, recorded_at, metadata::text AS metadata, payload";
 
+/// A stream's version: its last entry in the streams index, one step backwards (`$1` the
+/// aggregate type, `$2` the id). Not `MAX(sequence)`: for a stream written since the planner
+/// last gathered statistics, PostgreSQL estimated one row and aggregated every entry of the
+/// stream instead (1.6 ms at 10,000 events on this project's machine, against 0.03 ms).
+/// Public so tests can pin its plan.
+pub const STREAM_VERSION_SQL: &str = "SELECT COALESCE((SELECT sequence FROM events \
+    WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1), 0)";
+
+/// Where a load starts: the stream's version (read as in [`STREAM_VERSION_SQL`]) and its newest
+/// snapshot, its columns NULL when it has none; one statement, so both are of one snapshot of
+/// the database. Public so tests can pin its plan.
+pub const LOAD_START_SQL: &str = "\
+    SELECT COALESCE((SELECT e.sequence FROM events e \
+                     WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
+                     ORDER BY e.sequence DESC LIMIT 1), 0) AS version, \
+           s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
+    FROM (SELECT 1) AS one \
+    LEFT JOIN LATERAL (SELECT sequence, payload_revision, payload_format, recorded_at, payload \
+                       FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                       ORDER BY sequence DESC LIMIT 1) s ON TRUE";
+
 /// The statement every append's transaction starts with (inside `nursery_lock_for_append`):
 /// it takes the append lock and reads the head. Public so the gap-safety test can hold a writer
 /// open exactly as an append does.
@@ -286,13 +307,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        let version: i64 = sqlx::query_scalar(STREAM_VERSION_SQL)
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
         to_u64(version, "sequence")
     }
 
@@ -308,21 +327,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
-        // One statement, so the snapshot and the version are of one snapshot of the database;
-        // the version comes from the end of the streams index.
-        let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e \
-                     WHERE e.aggregate_type = $1 AND e.aggregate_id = $2) AS version, \
-                    s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
-             FROM (SELECT 1) AS one \
-             LEFT JOIN LATERAL (SELECT sequence, payload_revision, payload_format, recorded_at, payload \
-                                FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
-                                ORDER BY sequence DESC LIMIT 1) s ON TRUE",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query(LOAD_START_SQL)
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
         let version = to_u64(row.try_get("version")?, "sequence")?;
         let snapshot = match row.try_get::<Option<i64>, _>("sequence")? {
             None => None,

@@ -392,11 +392,12 @@ async fn take_large(
 /// whatever the events hold. The size is tested inside the subquery, where SQLite reads it from
 /// the record's header without loading the payload.
 /// A stream's newest snapshot (its columns NULL when it has none) and the stream's version, in
-/// one statement, so both are read in one transaction. The version is a scalar subquery, which
-/// SQLite answers from the end of the streams index.
+/// one statement, so both are read in one transaction. The version is the stream's last entry
+/// in the streams index, read backwards one step (as `stream_version` reads it).
 const LOAD_START: &str = "\
-SELECT (SELECT COALESCE(MAX(e.sequence), 0) FROM events e \
-         WHERE e.aggregate_type = ?1 AND e.aggregate_id = ?2) AS version, \
+SELECT COALESCE((SELECT e.sequence FROM events e \
+                 WHERE e.aggregate_type = ?1 AND e.aggregate_id = ?2 \
+                 ORDER BY e.sequence DESC LIMIT 1), 0) AS version, \
        s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
 FROM (SELECT 1) \
 LEFT JOIN (SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
@@ -729,7 +730,8 @@ impl EventStore for SqliteStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
         let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
+            "SELECT COALESCE((SELECT sequence FROM events WHERE aggregate_type = ? AND aggregate_id = ? \
+             ORDER BY sequence DESC LIMIT 1), 0)",
         )
         .bind(stream.aggregate_type.as_str())
         .bind(stream.aggregate_id.as_str())

@@ -3,6 +3,7 @@
 //! PostgreSQL gap-safety proofs.
 
 mod gap_safety;
+mod plans;
 mod properties;
 mod scenarios;
 
