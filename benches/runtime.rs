@@ -5,8 +5,8 @@
 //! the same run the raw sqlx rates for the same rows (one row per transaction from 64 writers,
 //! and batched). Each command row also gives the CPU time this process spent per command (all
 //! its threads: clients, runtime, SQLite's worker threads; not the PostgreSQL server's), which
-//! compares changes more steadily than a rate on a noisy machine. Then memory per live idle actor, RSS while touching 1M carts with passivation
-//! on, and rehydration speed.
+//! compares changes more steadily than a rate on a noisy machine. Then memory per live idle
+//! actor, RSS while touching 1M carts with passivation on, and rehydration speed.
 //!
 //! Run: `cargo bench --bench runtime` (PostgreSQL on 127.0.0.1:5432 for its rows).
 //! `NURSERY_BENCH_SCALE` scales the counts (default 1.0); `NURSERY_BENCH_CLIENTS` sets the number of
@@ -131,7 +131,7 @@ struct Measured {
 }
 
 /// `clients` tasks; client c sends `per_cart` AddItem to each cart whose index is c mod clients
-/// (or to one cart in the hot case). Answers commands/s, p50, p99.
+/// (or to one cart in the hot case). Answers commands/s, p50, p99 and CPU per command.
 async fn drive(
     runtime: &Runtime,
     tag: &str,

@@ -44,7 +44,7 @@ pub use postgres::{
     LOAD_START_SQL as POSTGRES_LOAD_START_SQL, LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL,
     PostgresStore, STREAM_VERSION_SQL as POSTGRES_STREAM_VERSION_SQL,
 };
-pub(crate) use recent::{NewestFirst, RECENT_PAGE, recent_backwards};
+pub(crate) use recent::{NewestFirst, RECENT_PAGE, command_ids_of, recent_backwards};
 pub use repository::{Loaded, Repository, SnapshotPolicy};
 pub use sqlite::{SqliteStore, SqliteWriter, WriterGuard};
 pub use types::{
@@ -235,21 +235,67 @@ where
     F: FnMut(u64, usize) -> Fut,
     Fut: Future<Output = Result<Vec<R>, StoreError>>,
 {
-    let (mut count, mut next) = (0, from);
-    while count < max && next <= to {
-        let limit = PAGE_SIZE.min(max - count);
+    let mut pages = Pages::new(from, to, max, PAGE_SIZE);
+    while let Some((next, limit)) = pages.next_page() {
         let rows = fetch(next, limit).await?;
         let mut last = None;
         for row in &rows {
             last = Some(each(row)?);
         }
-        count += rows.len();
-        match last.and_then(|last| last.checked_add(1)) {
-            Some(after) if rows.len() == limit => next = after,
-            _ => break,
+        pages.took(rows.len(), last);
+    }
+    Ok(pages.taken())
+}
+
+/// The bookkeeping of every paged read: up to `max` rows with keys (sequences or positions)
+/// `from..=to`, at most `page_size` a page, each page from the key after the last one's; a
+/// short page is the last.
+pub(crate) struct Pages {
+    next: u64,
+    to: u64,
+    max: usize,
+    page_size: usize,
+    limit: usize,
+    taken: usize,
+    done: bool,
+}
+
+impl Pages {
+    pub(crate) fn new(from: u64, to: u64, max: usize, page_size: usize) -> Self {
+        Self {
+            next: from,
+            to,
+            max,
+            page_size,
+            limit: 0,
+            taken: 0,
+            done: false,
         }
     }
-    Ok(count)
+
+    /// The page to read next: from which key, at most how many rows; `None` once the read is
+    /// over.
+    pub(crate) fn next_page(&mut self) -> Option<(u64, usize)> {
+        if self.done || self.taken >= self.max || self.next > self.to {
+            return None;
+        }
+        self.limit = self.page_size.min(self.max - self.taken);
+        Some((self.next, self.limit))
+    }
+
+    /// Records the page just read: how many rows it took and the last one's key.
+    pub(crate) fn took(&mut self, read: usize, last: Option<u64>) {
+        self.taken += read;
+        match last.and_then(|last| last.checked_add(1)) {
+            Some(after) if read == self.limit => self.next = after,
+            _ => self.done = true,
+        }
+    }
+
+    /// How many rows the read took in all.
+    pub(crate) fn taken(&self) -> usize {
+        self.taken
+    }
 }
 
 fn paged<'a, F, Fut>(

@@ -41,8 +41,8 @@ use super::group_commit::{AppendNow, GroupCommit};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
-    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, LoadStart, Metadata,
-    RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, postgres_migrator,
+    AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, LoadStart, Metadata, Pages,
+    RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, command_ids_of, postgres_migrator,
     recent_backwards,
 };
 
@@ -64,7 +64,8 @@ pub const LOAD_START_SQL: &str = "\
     SELECT COALESCE((SELECT e.sequence FROM events e \
                      WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
                      ORDER BY e.sequence DESC LIMIT 1), 0) AS version, \
-           s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
+           s.sequence, s.payload_revision::bigint, s.payload_format::bigint, s.recorded_at, \
+           s.payload \
     FROM (SELECT 1) AS one \
     LEFT JOIN LATERAL (SELECT sequence, payload_revision, payload_format, recorded_at, payload \
                        FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
@@ -217,9 +218,8 @@ impl EventStore for PostgresStore {
         // Pages of up to 10,000 events, each one query whose rows are folded as they arrive:
         // nothing is held but the row at hand, and a fold that fails leaves at most the rest
         // of one page for the connection to drain.
-        let (mut count, mut next) = (0, from);
-        while count < max && next <= to {
-            let limit = REPLAY_PAGE.min(max - count);
+        let mut pages = Pages::new(from, to, max, REPLAY_PAGE);
+        while let Some((next, limit)) = pages.next_page() {
             let mut rows = sqlx::query(
                 "SELECT sequence, event_type, payload_revision, payload_format, payload \
                  FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
@@ -245,13 +245,9 @@ impl EventStore for PostgresStore {
                 visit(event)?;
                 read += 1;
             }
-            count += read;
-            match last.and_then(|last| last.checked_add(1)) {
-                Some(after) if read == limit => next = after,
-                _ => break,
-            }
+            pages.took(read, last);
         }
-        Ok(count)
+        Ok(pages.taken())
     }
 
     #[instrument(skip_all, fields(stream = %stream, from = from, to = to, max = max), err)]
@@ -263,7 +259,7 @@ impl EventStore for PostgresStore {
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         recent_backwards(from, to, max, |upper| async move {
-            let rows = sqlx::query(
+            let rows = sqlx::query_as(
                 "SELECT sequence, metadata::text FROM events \
                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
                  ORDER BY sequence DESC LIMIT $5",
@@ -275,13 +271,7 @@ impl EventStore for PostgresStore {
             .bind(clamp(RECENT_PAGE as u64))
             .fetch_all(&self.pool)
             .await?;
-            rows.iter()
-                .map(|row| {
-                    let sequence = to_u64(row.try_get(0)?, "sequence")?;
-                    let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
-                    Ok((sequence, metadata.command_id))
-                })
-                .collect()
+            command_ids_of(stream, rows)
         })
         .await
     }
@@ -327,27 +317,12 @@ impl EventStore for PostgresStore {
     }
 
     async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
-        let row = sqlx::query(LOAD_START_SQL)
+        let row = sqlx::query_as(LOAD_START_SQL)
             .bind(stream.aggregate_type.as_str())
             .bind(stream.aggregate_id.as_str())
             .fetch_one(&self.pool)
             .await?;
-        let version = to_u64(row.try_get("version")?, "sequence")?;
-        let snapshot = match row.try_get::<Option<i64>, _>("sequence")? {
-            None => None,
-            Some(sequence) => Some(Snapshot::from_columns(
-                stream,
-                sequence,
-                i64::from(row.try_get::<i32, _>("payload_revision")?),
-                i64::from(row.try_get::<i16, _>("payload_format")?),
-                row.try_get("recorded_at")?,
-                row.try_get("payload")?,
-            )?),
-        };
-        Ok(LoadStart {
-            snapshot,
-            version: Some(version),
-        })
+        LoadStart::from_row(stream, row)
     }
 
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {

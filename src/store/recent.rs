@@ -8,7 +8,8 @@ use std::future::Future;
 
 use uuid::Uuid;
 
-use super::StoreError;
+use super::types::to_u64;
+use super::{Metadata, StoreError, StreamId};
 
 /// How many rows one page of [`super::EventStore::recent_command_ids`] reads backwards: a
 /// command usually causes one to three events, so one page is almost always enough.
@@ -86,6 +87,21 @@ where
         }
     }
     Ok(recent.into_ids())
+}
+
+/// The rows of a backward page as [`recent_backwards`] takes them: each row's sequence and
+/// the command id of its metadata (stored JSON), which must decode.
+pub(crate) fn command_ids_of(
+    stream: &StreamId,
+    rows: Vec<(i64, String)>,
+) -> Result<Vec<(u64, Option<Uuid>)>, StoreError> {
+    rows.into_iter()
+        .map(|(sequence, metadata)| {
+            let sequence = to_u64(sequence, "sequence")?;
+            let metadata = Metadata::from_json(&metadata, stream, sequence)?;
+            Ok((sequence, metadata.command_id))
+        })
+        .collect()
 }
 
 #[cfg(test)]

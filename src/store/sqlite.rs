@@ -31,8 +31,8 @@ use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, sto
 use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
     AppendRequest, AppendResult, Appended, EncodedEvent, EventStore, LoadStart, Metadata,
-    PAGE_SIZE, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, recent_backwards,
-    sqlite_migrator,
+    PAGE_SIZE, Pages, RECENT_PAGE, RecordedEvent, Snapshot, StoreError, StreamId, command_ids_of,
+    recent_backwards, sqlite_migrator,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; keep well inside it.
@@ -243,20 +243,18 @@ impl SqliteStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (mut events, mut next) = (Vec::new(), from);
-        while events.len() < max {
-            let limit = PAGE_SIZE.min(max - events.len());
+        let to = match reading {
+            Reading::Stream(_, to) => to,
+            Reading::All => u64::MAX,
+        };
+        let (mut events, mut pages) = (Vec::new(), Pages::new(from, to, max, PAGE_SIZE));
+        while let Some((next, limit)) = pages.next_page() {
             let page = match reading {
-                Reading::Stream(stream, to) => {
-                    if next > to {
-                        break;
-                    }
-                    sqlx::query_scalar::<_, String>(&FULL_PAGE_STREAM)
-                        .bind(stream.aggregate_type.as_str())
-                        .bind(stream.aggregate_id.as_str())
-                        .bind(clamp(next))
-                        .bind(clamp(to))
-                }
+                Reading::Stream(stream, to) => sqlx::query_scalar::<_, String>(&FULL_PAGE_STREAM)
+                    .bind(stream.aggregate_type.as_str())
+                    .bind(stream.aggregate_id.as_str())
+                    .bind(clamp(next))
+                    .bind(clamp(to)),
                 Reading::All => sqlx::query_scalar::<_, String>(&FULL_PAGE_ALL).bind(clamp(next)),
             }
             .bind(clamp(limit as u64))
@@ -331,14 +329,7 @@ impl SqliteStore {
                     stream,
                 });
             }
-            let read = rows.len();
-            match u64::try_from(last)
-                .ok()
-                .and_then(|last| last.checked_add(1))
-            {
-                Some(after) if read == limit => next = after,
-                _ => break,
-            }
+            pages.took(rows.len(), u64::try_from(last).ok());
         }
         Ok(events)
     }
@@ -386,11 +377,6 @@ async fn take_large(
     )))
 }
 
-/// One page of a replay as one row: the page's events (up to `?5`, from sequence `?3`) as a
-/// JSON array of `[sequence, type, revision, format, hex(payload)]`. A payload larger than `?6`
-/// bytes is left out (`null`; `LARGE_COLUMNS` reads those), so a page's JSON stays small
-/// whatever the events hold. The size is tested inside the subquery, where SQLite reads it from
-/// the record's header without loading the payload.
 /// A stream's newest snapshot (its columns NULL when it has none) and the stream's version, in
 /// one statement, so both are read in one transaction. The version is the stream's last entry
 /// in the streams index, read backwards one step (as `stream_version` reads it).
@@ -404,6 +390,11 @@ LEFT JOIN (SELECT sequence, payload_revision, payload_format, recorded_at, paylo
            WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
            ORDER BY sequence DESC LIMIT 1) s ON 1";
 
+/// One page of a replay as one row: the page's events (up to `?5`, from sequence `?3`) as a
+/// JSON array of `[sequence, type, revision, format, hex(payload)]`. A payload larger than `?6`
+/// bytes is left out (`null`; `LARGE_COLUMNS` reads those), so a page's JSON stays small
+/// whatever the events hold. The size is tested inside the subquery, where SQLite reads it from
+/// the record's header without loading the payload.
 const REPLAY_PAGE: &str = "\
     SELECT COALESCE(json_group_array(json_array(sequence, event_type, payload_revision, \
              payload_format, inline)), '[]') \
@@ -617,12 +608,11 @@ impl EventStore for SqliteStore {
                 .await
                 .map_err(StoreError::from)
         };
-        if max == 0 || from > to {
+        let mut pages = Pages::new(from, to, max, PAGE_SIZE);
+        let Some((first, limit)) = pages.next_page() else {
             return Ok(0);
-        }
-        let mut limit = PAGE_SIZE.min(max);
-        let mut page = fetch(from, limit).await?;
-        let (mut count, mut payload) = (0, Vec::new());
+        };
+        let (mut page, mut payload) = (fetch(first, limit).await?, Vec::new());
         loop {
             let mut rows: Vec<ReplayRow<'_>> = serde_json::from_str(&page).map_err(|e| {
                 StoreError::Internal(format!("a replay page of {stream} did not parse: {e}"))
@@ -632,16 +622,14 @@ impl EventStore for SqliteStore {
             if !rows.is_sorted_by_key(|row| row.0) {
                 rows.sort_unstable_by_key(|row| row.0);
             }
-            count += rows.len();
-            let after = rows
-                .last()
-                .and_then(|row| u64::try_from(row.0).ok()?.checked_add(1))
-                .filter(|after| rows.len() == limit && count < max && *after <= to);
+            pages.took(
+                rows.len(),
+                rows.last().and_then(|row| u64::try_from(row.0).ok()),
+            );
             // The next page is asked for before this one is folded: SQLite's worker thread
             // writes it meanwhile.
             let mut next_page = None;
-            if let Some(after) = after {
-                limit = PAGE_SIZE.min(max - count);
+            if let Some((after, limit)) = pages.next_page() {
                 let mut prefetch = Box::pin(maybe_done(fetch(after, limit)));
                 poll_fn(|cx| {
                     let _started = prefetch.as_mut().poll(cx);
@@ -675,7 +663,7 @@ impl EventStore for SqliteStore {
             drop(large);
             drop(rows);
             let Some(mut prefetch) = next_page else {
-                return Ok(count);
+                return Ok(pages.taken());
             };
             prefetch.as_mut().await;
             page = prefetch.as_mut().take_output().ok_or_else(|| {
@@ -693,7 +681,7 @@ impl EventStore for SqliteStore {
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         recent_backwards(from, to, max, |upper| async move {
-            let rows = sqlx::query(
+            let rows = sqlx::query_as(
                 "SELECT sequence, metadata FROM events \
                  WHERE aggregate_type = ? AND aggregate_id = ? AND sequence >= ? AND sequence <= ? \
                  ORDER BY sequence DESC LIMIT ?",
@@ -705,13 +693,7 @@ impl EventStore for SqliteStore {
             .bind(clamp(RECENT_PAGE as u64))
             .fetch_all(&self.reader)
             .await?;
-            rows.iter()
-                .map(|row| {
-                    let sequence = to_u64(row.try_get(0)?, "sequence")?;
-                    let metadata = Metadata::from_json(row.try_get(1)?, stream, sequence)?;
-                    Ok((sequence, metadata.command_id))
-                })
-                .collect()
+            command_ids_of(stream, rows)
         })
         .await
     }
@@ -777,27 +759,12 @@ impl EventStore for SqliteStore {
     }
 
     async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
-        let row = sqlx::query(LOAD_START)
+        let row = sqlx::query_as(LOAD_START)
             .bind(stream.aggregate_type.as_str())
             .bind(stream.aggregate_id.as_str())
             .fetch_one(&self.reader)
             .await?;
-        let version = to_u64(row.try_get("version")?, "sequence")?;
-        let snapshot = match row.try_get::<Option<i64>, _>("sequence")? {
-            None => None,
-            Some(sequence) => Some(Snapshot::from_columns(
-                stream,
-                sequence,
-                row.try_get("payload_revision")?,
-                row.try_get("payload_format")?,
-                row.try_get("recorded_at")?,
-                row.try_get("payload")?,
-            )?),
-        };
-        Ok(LoadStart {
-            snapshot,
-            version: Some(version),
-        })
+        LoadStart::from_row(stream, row)
     }
 
     async fn snapshot_count(&self, stream: &StreamId) -> Result<usize, StoreError> {

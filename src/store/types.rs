@@ -173,21 +173,36 @@ impl<'a> EncodedEvent<'a> {
         payload: &'a [u8],
     ) -> Result<Self, StoreError> {
         let sequence = to_u64(sequence, "sequence")?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            stream: stream.clone(),
-            sequence,
-            reason,
-        };
+        let (revision, format) = encoding(stream, sequence, revision, format_code, "payload")?;
         Ok(Self {
             sequence,
             event_type,
-            revision: u32::try_from(revision)
-                .map_err(|_| corrupt(format!("payload revision {revision} out of range")))?,
-            format: PayloadFormat::from_code(format_code)
-                .ok_or_else(|| corrupt(format!("unknown payload format {format_code}")))?,
+            revision,
+            format,
             payload,
         })
     }
+}
+
+/// A stored revision and format code, checked: out of range, either is an error naming the
+/// stream and the sequence (`what`: "payload" or "snapshot").
+fn encoding(
+    stream: &StreamId,
+    sequence: u64,
+    revision: i64,
+    format_code: i64,
+    what: &str,
+) -> Result<(u32, PayloadFormat), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        stream: stream.clone(),
+        sequence,
+        reason,
+    };
+    let revision = u32::try_from(revision)
+        .map_err(|_| corrupt(format!("{what} revision {revision} out of range")))?;
+    let format = PayloadFormat::from_code(format_code)
+        .ok_or_else(|| corrupt(format!("unknown {what} format {format_code}")))?;
+    Ok((revision, format))
 }
 
 impl RecordedEvent {
@@ -256,18 +271,12 @@ impl Snapshot {
         payload: Vec<u8>,
     ) -> Result<Self, StoreError> {
         let sequence = to_u64(sequence, "sequence")?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            stream: stream.clone(),
-            sequence,
-            reason,
-        };
+        let (revision, format) = encoding(stream, sequence, revision, format_code, "snapshot")?;
         Ok(Self {
             stream: stream.clone(),
             sequence,
-            revision: u32::try_from(revision)
-                .map_err(|_| corrupt(format!("snapshot revision {revision} out of range")))?,
-            format: PayloadFormat::from_code(format_code)
-                .ok_or_else(|| corrupt(format!("unknown snapshot format {format_code}")))?,
+            revision,
+            format,
             payload,
             recorded_at: from_micros(recorded_at_micros),
         })
@@ -283,6 +292,50 @@ pub struct LoadStart {
     /// The stream's version (0: no events), or `None` when the store did not read it: a load
     /// then reads on from the snapshot to find what follows it.
     pub version: Option<u64>,
+}
+
+/// The row a SQL store's load start reads: the stream's version, then the newest snapshot's
+/// sequence, revision, format code, time (microseconds) and payload, all NULL without one.
+pub(crate) type LoadStartRow = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+impl LoadStart {
+    /// The load start of `stream` from the row a SQL store read.
+    pub(crate) fn from_row(stream: &StreamId, row: LoadStartRow) -> Result<Self, StoreError> {
+        let (version, sequence, revision, format_code, recorded_at, payload) = row;
+        let snapshot = match (sequence, revision, format_code, recorded_at, payload) {
+            (None, ..) => None,
+            (
+                Some(sequence),
+                Some(revision),
+                Some(format_code),
+                Some(recorded_at),
+                Some(payload),
+            ) => Some(Snapshot::from_columns(
+                stream,
+                sequence,
+                revision,
+                format_code,
+                recorded_at,
+                payload,
+            )?),
+            (Some(sequence), ..) => {
+                return Err(StoreError::Internal(format!(
+                    "the snapshot of {stream} at {sequence} was read without all its columns"
+                )));
+            }
+        };
+        Ok(Self {
+            snapshot,
+            version: Some(to_u64(version, "sequence")?),
+        })
+    }
 }
 
 /// What can go wrong in a store call. Each variant says how a caller should react.
