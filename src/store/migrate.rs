@@ -73,6 +73,11 @@ pub fn postgres_migrator() -> Migrator {
             "fast append checks versions by exact keys",
             include_str!("../../migrations/postgres/0008_fast_append_exact_probes.sql"),
         ),
+        (
+            9,
+            "the one-statement append refuses by an error",
+            include_str!("../../migrations/postgres/0009_refuse.sql"),
+        ),
     ])
 }
 

@@ -41,6 +41,7 @@ pub use codec::{Codec, PayloadFormat, Upcasters};
 pub use memory::MemoryStore;
 pub use migrate::{postgres_migrator, sqlite_migrator};
 pub use postgres::{
+    APPEND_SETTINGS as POSTGRES_APPEND_SETTINGS, FAST_APPEND_SQL as POSTGRES_FAST_APPEND_SQL,
     LOAD_START_SQL as POSTGRES_LOAD_START_SQL, LOCK_HEAD_SQL as POSTGRES_APPEND_LOCK_SQL,
     PostgresStore, STREAM_VERSION_SQL as POSTGRES_STREAM_VERSION_SQL,
 };

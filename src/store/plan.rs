@@ -249,6 +249,12 @@ impl<'a> FastBatch<'a> {
         }
         Some(fast)
     }
+
+    /// Whether every stream expects an exact version (one expecting any version needs its
+    /// current one read before its rows can be numbered).
+    pub(crate) fn every_version_exact(&self) -> bool {
+        self.bases.iter().all(|&base| base >= 0)
+    }
 }
 
 /// If any id of the request is already stored: the first append's answer when the request is

@@ -6,10 +6,12 @@
 //! had moved its checkpoint to 12 would skip 11 forever. Nursery avoids it by serializing
 //! appends, as Commanded's event store does:
 //!
-//! 1. Every append transaction starts with `SELECT last_position FROM event_counter WHERE id = 1
-//!    FOR UPDATE` (inside `nursery_lock_for_append`, which then reads the streams' versions with
-//!    a fresh snapshot, in the same round trip). The row lock is held until the transaction ends, so at most one append is
-//!    between that statement and its commit at any time.
+//! 1. Every append transaction first locks the single row of `event_counter`: the one-statement
+//!    path by updating it (`UPDATE event_counter ... RETURNING`, see [`FAST_APPEND_SQL`]), the
+//!    planned path with `SELECT last_position FROM event_counter WHERE id = 1 FOR UPDATE`
+//!    (inside `nursery_lock_for_append`, which then reads the streams' versions with a fresh
+//!    snapshot, in the same round trip). The row lock is held until the transaction ends, so at
+//!    most one append is between taking it and its commit at any time.
 //! 2. Positions are `last_position + 1 ..`, written back to the counter in the same transaction.
 //!    A rolled-back append rolls the counter back too: positions have no holes at all.
 //! 3. PostgreSQL makes a transaction's effects visible (removes it from the proc array) before it
@@ -71,9 +73,9 @@ pub const LOAD_START_SQL: &str = "\
                        FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
                        ORDER BY sequence DESC LIMIT 1) s ON TRUE";
 
-/// The statement every append's transaction starts with (inside `nursery_lock_for_append`):
+/// The statement a planned append's transaction starts with (inside `nursery_lock_for_append`):
 /// it takes the append lock and reads the head. Public so the gap-safety test can hold a writer
-/// open exactly as an append does.
+/// open as an append does (the one-statement path takes the same row lock by updating the row).
 pub const LOCK_HEAD_SQL: &str = "SELECT last_position FROM event_counter WHERE id = 1 FOR UPDATE";
 
 /// Takes the append lock and reads the head, the streams' versions and the stored ids among the
@@ -93,6 +95,8 @@ const INSERT_SQL: &str = "\
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The connections the one-statement append runs on (see [`append_pool`]).
+    appends: PgPool,
     /// Concurrent appends share transactions (they would queue on the counter's lock anyway).
     group: Arc<GroupCommit>,
 }
@@ -114,6 +118,7 @@ impl PostgresStore {
     pub async fn with_pool(pool: PgPool) -> Result<Self, StoreError> {
         postgres_migrator().run(&pool).await?;
         Ok(Self {
+            appends: append_pool(&pool),
             pool,
             group: Arc::default(),
         })
@@ -161,7 +166,7 @@ impl AppendNow for PostgresStore {
     async fn append_now(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         // The common case in one round trip; anything unusual (a conflict, a stored id, an
         // empty or invalid request, a broken chain) is planned in full.
-        if let Some(fast) = FastBatch::prepare(batch) {
+        if let Some(fast) = FastBatch::prepare(batch).filter(FastBatch::every_version_exact) {
             if let Some(results) = self.append_fast(&fast, batch).await? {
                 return Ok(results);
             }
@@ -518,7 +523,7 @@ impl PostgresStore {
             .map(|s| s.aggregate_id.as_str())
             .collect();
         let recorded_at = stored_now();
-        let row = sqlx::query(FAST_APPEND_SQL)
+        let head = sqlx::query_scalar::<_, i64>(FAST_APPEND_SQL)
             .bind(&types)
             .bind(&ids)
             .bind(&fast.bases)
@@ -531,35 +536,32 @@ impl PostgresStore {
             .bind(recorded_at.timestamp_micros())
             .bind(&metadata)
             .bind(&payloads)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.appends)
             .await;
-        let row = match row {
-            Ok(row) => row,
+        let head = match head {
+            Ok(head) => to_u64(head, "last_position")?,
             // A stored event id, or a stream that moved past its expected version (a unique
-            // index refused the rows; nothing was written): planned in full, which tells a
-            // retry from a duplicate and reads the stream's version for the conflict.
+            // index refused the rows), or one behind it (the statement refused itself): nothing
+            // was written. Planned in full, which tells a retry from a duplicate and reads the
+            // stream's version for the conflict.
             Err(sqlx::Error::Database(error))
-                if error.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+                if error.kind() == sqlx::error::ErrorKind::UniqueViolation
+                    || error.code().as_deref() == Some(REFUSED) =>
             {
                 return Ok(None);
             }
             Err(error) => return Err(error.into()),
         };
-        if !row.try_get::<bool, _>("written")? {
-            return Ok(None);
-        }
-        let head = to_u64(row.try_get("head")?, "last_position")?;
-        let versions: Vec<i64> = row.try_get("versions")?;
         let mut next_position = head + 1;
         let mut results = Vec::with_capacity(batch.len());
         for &(stream, offset, len) in &fast.requests {
-            let version = versions.get(stream).copied().ok_or_else(|| {
-                StoreError::Internal("the fast append answered too few versions".into())
+            let base = fast.bases.get(stream).copied().ok_or_else(|| {
+                StoreError::Internal("a request of the fast append has no stream".into())
             })?;
             let first = next_position;
             next_position += len as u64;
             results.push(Ok(Appended {
-                version: to_u64(version, "sequence")? + offset + len as u64,
+                version: to_u64(base, "expected version")? + offset + len as u64,
                 first_position: Some(first),
                 last_position: Some(next_position - 1),
                 recorded_at,
@@ -569,7 +571,76 @@ impl PostgresStore {
     }
 }
 
-const FAST_APPEND_SQL: &str = "SELECT written, head, versions FROM nursery_append_fast($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+/// The one-statement append of a batch whose every stream expects an exact version, run on its
+/// own on an [`append_pool`] connection, so it commits on return: one round trip.
+///
+/// It takes the append lock and the positions by moving the counter, then inserts the rows
+/// whose stream is where it should be: a stream expecting version `b > 0` must have a row at
+/// `b` (sequences have no gaps, so that is one lookup by the whole key), and a stream that has
+/// moved past `b` already has the row at `b + 1`, which the unique streams index refuses, as
+/// the unique event-id index refuses a stored id. If any row is left out, `nursery_refuse`
+/// raises [`REFUSED`], which aborts the statement: the counter and the rows roll back together.
+/// Every refusal therefore writes nothing and the caller plans the batch in full.
+///
+/// Parameters: `$1`-`$3` one entry per stream (type, id, expected version); per event `$4` the
+/// 1-based index of its stream, `$5` its offset in the stream's part of the batch, `$6`-`$9`
+/// id, type, revision, format, `$11` metadata as JSON text, `$12` payload; `$10` the time.
+/// Answers the head before the batch.
+///
+/// The lookups read the statement's snapshot, taken before the lock was granted: if the
+/// previous lock holder wrote the row a stream expects, the statement refuses and the planned
+/// path, which reads after taking the lock, writes the batch. The counter is read as it is
+/// once the lock is granted (PostgreSQL re-reads an updated row after waiting for it).
+///
+/// Public so tests can pin its plan.
+pub const FAST_APPEND_SQL: &str = "\
+    WITH counter AS (UPDATE event_counter SET last_position = last_position + cardinality($6::uuid[]) \
+                     WHERE id = 1 RETURNING last_position - cardinality($6::uuid[]) AS head), \
+         written AS (INSERT INTO events (global_position, aggregate_type, aggregate_id, sequence, \
+                                         event_id, event_type, payload_revision, payload_format, \
+                                         recorded_at, metadata, payload) \
+                     SELECT counter.head + r.n, ($1::text[])[r.s], ($2::text[])[r.s], \
+                            ($3::int8[])[r.s] + r.off + 1, r.id, r.ty, r.rev, r.fmt, $10::int8, \
+                            r.meta::jsonb, r.pl \
+                       FROM counter, \
+                            unnest($4::int4[], $5::int4[], $6::uuid[], $7::text[], $8::int4[], \
+                                   $9::int2[], $11::text[], $12::bytea[]) \
+                            WITH ORDINALITY AS r(s, off, id, ty, rev, fmt, meta, pl, n) \
+                      WHERE r.off > 0 OR ($3::int8[])[r.s] = 0 \
+                         OR (SELECT e.sequence FROM events e \
+                              WHERE e.aggregate_type = ($1::text[])[r.s] \
+                                AND e.aggregate_id = ($2::text[])[r.s] \
+                                AND e.sequence = ($3::int8[])[r.s]) IS NOT NULL \
+                     RETURNING 1) \
+    SELECT counter.head FROM counter \
+     WHERE CASE WHEN (SELECT count(*) FROM written) = cardinality($6::uuid[]) THEN TRUE \
+                ELSE nursery_refuse('a stream is behind the version it expects') END";
+
+/// The SQLSTATE `nursery_refuse` raises (migration 0009).
+const REFUSED: &str = "NU001";
+
+/// The settings of the connections [`FAST_APPEND_SQL`] runs on (see [`append_pool`]). Public
+/// so tests can pin the statement's plan under them.
+pub const APPEND_SETTINGS: [(&str, &str); 2] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+];
+
+/// The connections of the one-statement append: those of `pool`, with two settings of their
+/// own. A prepared statement is planned for its parameters on each execution until PostgreSQL
+/// finds its generic plan no dearer, which for [`FAST_APPEND_SQL`] it never did: planned each
+/// time, an append took 3 to 4 times as long. So these connections always use the generic plan,
+/// and, so that a plan made while the table was small stays right as it grows, never a
+/// sequential scan (each of its lookups has an index). Only that statement runs on them, and
+/// since the group commit sends one round at a time, two connections are plenty.
+fn append_pool(pool: &PgPool) -> PgPool {
+    let options = (*pool.connect_options()).clone().options(APPEND_SETTINGS);
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .connect_lazy_with(options)
+}
 
 /// PostgreSQL integers are signed: a bound past `i64::MAX` means "no bound".
 fn clamp(value: u64) -> i64 {

@@ -887,8 +887,7 @@ type Current = (HashMap<StreamId, u64>, HashMap<Uuid, StoredId>, u64);
 /// expecting any version needs its current one read first), and the statement stays within
 /// SQLite's bound on parameters.
 fn fits_one_statement(fast: &FastBatch<'_>) -> bool {
-    fast.bases.iter().all(|&base| base >= 0)
-        && fast.r_stream.len() * 11 + fast.streams.len() * 3 <= MAX_PARAMS
+    fast.every_version_exact() && fast.r_stream.len() * 11 + fast.streams.len() * 3 <= MAX_PARAMS
 }
 
 /// The one-round-trip path: `BEGIN IMMEDIATE`, one `INSERT ... SELECT` and `COMMIT`, sent to

@@ -578,12 +578,13 @@ pub async fn recent_command_ids_are_the_newest_distinct_in_range(store: Store) {
 pub async fn a_wrong_expected_version_conflicts_and_writes_nothing(store: Store) {
     let stream = pot("conflict");
     append_n(&store, &stream, 0, 2).await;
+    // Two events each: the second must not go in where the first is refused.
     for expected in [0, 1, 3, 100] {
         let error = store
             .append(request(
                 &stream,
                 ExpectedVersion::Exact(expected),
-                vec![pruned(9)],
+                vec![pruned(9), pruned(10)],
             ))
             .await
             .unwrap_err();
