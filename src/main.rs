@@ -22,6 +22,11 @@ use nursery::shop::open_stores;
 use nursery::store::{self, Codec, EventStore, RecordedEvent, StreamId, stream_events};
 use tracing::{error, info};
 
+/// mimalloc rather than glibc's malloc: in the runtime benchmark's profile, glibc's allocator
+/// took about a quarter of the process's CPU (see README, Benchmark).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Nursery: an online plant shop on event-sourced CQRS.
 ///
 /// Settings come from nursery.toml (when present, or --config), then the environment

@@ -6,6 +6,10 @@ use nursery::store::PostgresStore;
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
+/// The benchmarks allocate as the `nursery` binary does (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The local PostgreSQL server the benchmarks use.
 pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
