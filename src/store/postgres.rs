@@ -114,7 +114,8 @@ impl PostgresStore {
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool, running the migrations first.
+    /// Uses an existing pool, running the migrations first. Appends run on two connections
+    /// of their own, opened with the pool's options when first needed (see [`APPEND_SETTINGS`]).
     pub async fn with_pool(pool: PgPool) -> Result<Self, StoreError> {
         postgres_migrator().run(&pool).await?;
         Ok(Self {
@@ -572,14 +573,15 @@ impl PostgresStore {
 }
 
 /// The one-statement append of a batch whose every stream expects an exact version, run on its
-/// own on an [`append_pool`] connection, so it commits on return: one round trip.
+/// own on one of the store's append connections (see [`APPEND_SETTINGS`]), so it commits on
+/// return: one round trip.
 ///
 /// It takes the append lock and the positions by moving the counter, then inserts the rows
 /// whose stream is where it should be: a stream expecting version `b > 0` must have a row at
 /// `b` (sequences have no gaps, so that is one lookup by the whole key), and a stream that has
 /// moved past `b` already has the row at `b + 1`, which the unique streams index refuses, as
 /// the unique event-id index refuses a stored id. If any row is left out, `nursery_refuse`
-/// raises [`REFUSED`], which aborts the statement: the counter and the rows roll back together.
+/// raises SQLSTATE `NU001`, which aborts the statement: the counter and the rows roll back together.
 /// Every refusal therefore writes nothing and the caller plans the batch in full.
 ///
 /// Parameters: `$1`-`$3` one entry per stream (type, id, expected version); per event `$4` the
@@ -619,7 +621,7 @@ pub const FAST_APPEND_SQL: &str = "\
 /// The SQLSTATE `nursery_refuse` raises (migration 0009).
 const REFUSED: &str = "NU001";
 
-/// The settings of the connections [`FAST_APPEND_SQL`] runs on (see [`append_pool`]). Public
+/// The settings of the connections [`FAST_APPEND_SQL`] runs on (`append_pool` says why). Public
 /// so tests can pin the statement's plan under them.
 pub const APPEND_SETTINGS: [(&str, &str); 2] = [
     ("plan_cache_mode", "force_generic_plan"),
@@ -629,7 +631,7 @@ pub const APPEND_SETTINGS: [(&str, &str); 2] = [
 /// The connections of the one-statement append: those of `pool`, with two settings of their
 /// own. A prepared statement is planned for its parameters on each execution until PostgreSQL
 /// finds its generic plan no dearer, which for [`FAST_APPEND_SQL`] it never did: planned each
-/// time, an append took 3 to 4 times as long. So these connections always use the generic plan,
+/// time, a one-event append took 0.85-1.05 ms against 0.47-0.53 ms. So these connections always use the generic plan,
 /// and, so that a plan made while the table was small stays right as it grows, never a
 /// sequential scan (each of its lookups has an index). Only that statement runs on them, and
 /// since the group commit sends one round at a time, two connections are plenty.
