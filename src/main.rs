@@ -24,6 +24,7 @@ use tracing::{error, info};
 
 /// mimalloc rather than glibc's malloc: in the runtime benchmark's profile, glibc's allocator
 /// took about a quarter of the process's CPU (see README, Benchmark).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

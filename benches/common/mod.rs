@@ -7,6 +7,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
 /// The benchmarks allocate as the `nursery` binary does (src/main.rs).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

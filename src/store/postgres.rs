@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
-use tracing::instrument;
+use tracing::{instrument, warn};
 use uuid::Uuid;
 
 use super::group_commit::{AppendNow, GroupCommit};
@@ -115,7 +115,9 @@ impl PostgresStore {
     }
 
     /// Uses an existing pool, running the migrations first. Appends run on two connections
-    /// of their own, opened with the pool's options when first needed (see [`APPEND_SETTINGS`]).
+    /// of their own, opened when first needed with the pool's connect options as they are
+    /// now, plus [`APPEND_SETTINGS`]; the pool's `after_connect` hooks and options set on it
+    /// later do not reach them. Closing the pool stops appends too.
     pub async fn with_pool(pool: PgPool) -> Result<Self, StoreError> {
         postgres_migrator().run(&pool).await?;
         Ok(Self {
@@ -166,7 +168,8 @@ impl AppendNow for PostgresStore {
     /// One batch in one transaction (the group commit's unit of work).
     async fn append_now(&self, batch: &[AppendRequest]) -> Result<Vec<AppendResult>, StoreError> {
         // The common case in one round trip; anything unusual (a conflict, a stored id, an
-        // empty or invalid request, a broken chain) is planned in full.
+        // empty or invalid request, a broken chain, a stream expecting any version) is planned
+        // in full.
         if let Some(fast) = FastBatch::prepare(batch).filter(FastBatch::every_version_exact) {
             if let Some(results) = self.append_fast(&fast, batch).await? {
                 return Ok(results);
@@ -489,8 +492,9 @@ impl PostgresStore {
         Ok(planned.results)
     }
 
-    /// The one-statement path: `None` when the function found a conflict or a stored id and
-    /// wrote nothing.
+    /// The one-statement path: `None` when the statement refused the batch and wrote nothing
+    /// (a conflict or a stored id), or when no append connection could be had (the planned
+    /// path, on the main pool, then writes the batch or reports why it cannot).
     async fn append_fast(
         &self,
         fast: &FastBatch<'_>,
@@ -523,6 +527,17 @@ impl PostgresStore {
             .iter()
             .map(|s| s.aggregate_id.as_str())
             .collect();
+        // A host that closed the store's pool has stopped it: appends stop too.
+        if self.pool.is_closed() {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        let mut connection = match self.appends.acquire().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                warn!(%error, "no append connection: the batch is planned in full on the pool");
+                return Ok(None);
+            }
+        };
         let recorded_at = stored_now();
         let head = sqlx::query_scalar::<_, i64>(FAST_APPEND_SQL)
             .bind(&types)
@@ -537,7 +552,7 @@ impl PostgresStore {
             .bind(recorded_at.timestamp_micros())
             .bind(&metadata)
             .bind(&payloads)
-            .fetch_one(&self.appends)
+            .fetch_one(&mut *connection)
             .await;
         let head = match head {
             Ok(head) => to_u64(head, "last_position")?,
@@ -623,9 +638,11 @@ const REFUSED: &str = "NU001";
 
 /// The settings of the connections [`FAST_APPEND_SQL`] runs on (`append_pool` says why). Public
 /// so tests can pin the statement's plan under them.
-pub const APPEND_SETTINGS: [(&str, &str); 2] = [
+pub const APPEND_SETTINGS: [(&str, &str); 3] = [
     ("plan_cache_mode", "force_generic_plan"),
     ("enable_seqscan", "off"),
+    // What the statement's reasoning about snapshots assumes, whatever the database's default.
+    ("default_transaction_isolation", "read committed"),
 ];
 
 /// The connections of the one-statement append: those of `pool`, with two settings of their
@@ -636,7 +653,9 @@ pub const APPEND_SETTINGS: [(&str, &str); 2] = [
 /// sequential scan (each of its lookups has an index). Only that statement runs on them, and
 /// since the group commit sends one round at a time, two connections are plenty.
 fn append_pool(pool: &PgPool) -> PgPool {
-    let options = (*pool.connect_options()).clone().options(APPEND_SETTINGS);
+    // Startup options are separated by spaces: a space inside a value is escaped.
+    let settings = APPEND_SETTINGS.map(|(name, value)| (name, value.replace(' ', "\\ ")));
+    let options = (*pool.connect_options()).clone().options(settings);
     PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(5))
@@ -647,4 +666,28 @@ fn append_pool(pool: &PgPool) -> PgPool {
 /// PostgreSQL integers are signed: a bound past `i64::MAX` means "no bound".
 fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed step fails the test")]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_append_connections_carry_their_settings_and_the_pools_own() {
+        // Lazy: nothing connects, only the options are read.
+        let pool = PgPoolOptions::new()
+            .connect_lazy("postgres://someone@127.0.0.1:1/anywhere?options=-c%20search_path%3Dshop")
+            .unwrap();
+        let appends = append_pool(&pool);
+        let options = appends.connect_options();
+        let startup = options.get_options().unwrap_or_default();
+        assert!(startup.contains("search_path=shop"), "{startup}");
+        for (name, value) in APPEND_SETTINGS {
+            let value = value.replace(' ', "\\ ");
+            assert!(startup.contains(&format!("-c {name}={value}")), "{startup}");
+        }
+        assert_eq!(options.get_database(), Some("anywhere"));
+        assert_eq!(appends.options().get_max_connections(), 2);
+    }
 }

@@ -15,10 +15,14 @@ use uuid::Uuid;
 use crate::fixtures::{PotEvent, Pruned};
 use crate::support::FreshPg;
 
-fn one_event(stream: &str) -> AppendRequest {
+/// The one-statement path takes every batch whose streams expect exact versions; a stream
+/// expecting any version is planned in full. Both take the same lock.
+const PATHS: [ExpectedVersion; 2] = [ExpectedVersion::Exact(0), ExpectedVersion::Any];
+
+fn one_event(stream: &str, expected: ExpectedVersion) -> AppendRequest {
     AppendRequest {
         stream: StreamId::new("Pot", stream),
-        expected: ExpectedVersion::Any,
+        expected,
         events: vec![
             Codec::default()
                 .encode_event(&PotEvent::from(Pruned { leaves: 1 }), Metadata::default())
@@ -77,14 +81,20 @@ async fn until_waiting_on_lock(store: &PostgresStore, db: &str, n: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_waits_for_a_held_writer_then_sees_both_in_order() {
+    for expected in PATHS {
+        a_reader_waits_for_a_held_writer_then_sees_both_in_order_with(expected).await;
+    }
+}
+
+async fn a_reader_waits_for_a_held_writer_then_sees_both_in_order_with(expected: ExpectedVersion) {
     let db = FreshPg::new().await;
     let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
-    store.append(one_event("first")).await.unwrap();
+    store.append(one_event("first", expected)).await.unwrap();
 
     let (held, held_id) = hold_writer(&store).await;
     let other = {
         let store = Arc::clone(&store);
-        tokio::spawn(async move { store.append(one_event("second")).await })
+        tokio::spawn(async move { store.append(one_event("second", expected)).await })
     };
     until_waiting_on_lock(&store, &db.name, 1).await;
 
@@ -110,14 +120,20 @@ async fn a_reader_waits_for_a_held_writer_then_sees_both_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_writer_that_rolls_back_leaves_no_hole() {
+    for expected in PATHS {
+        a_held_writer_that_rolls_back_leaves_no_hole_with(expected).await;
+    }
+}
+
+async fn a_held_writer_that_rolls_back_leaves_no_hole_with(expected: ExpectedVersion) {
     let db = FreshPg::new().await;
     let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
-    store.append(one_event("first")).await.unwrap();
+    store.append(one_event("first", expected)).await.unwrap();
 
     let (held, _) = hold_writer(&store).await;
     let other = {
         let store = Arc::clone(&store);
-        tokio::spawn(async move { store.append(one_event("second")).await })
+        tokio::spawn(async move { store.append(one_event("second", expected)).await })
     };
     until_waiting_on_lock(&store, &db.name, 1).await;
     assert!(store.read_all(2, 100).await.unwrap().is_empty());
@@ -143,4 +159,47 @@ async fn a_held_writer_that_rolls_back_leaves_no_hole() {
         .collect();
     assert_eq!(positions, [1, 2]);
     assert_eq!(store.head().await.unwrap(), 2);
+}
+
+/// The one-statement append reads versions with the snapshot it took before the lock was
+/// granted. An append that expects the very row the held writer is writing (row 1 of `held`)
+/// waits, does not see that row once it gets the lock, refuses itself, and is planned in full
+/// after the lock: it lands right after the held row, with nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_expecting_the_held_writers_row_follows_it() {
+    let db = FreshPg::new().await;
+    let store = Arc::new(PostgresStore::connect(&db.url).await.unwrap());
+    store
+        .append(one_event("first", ExpectedVersion::Exact(0)))
+        .await
+        .unwrap();
+
+    let (held, held_id) = hold_writer(&store).await;
+    let after = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .append(one_event("held", ExpectedVersion::Exact(1)))
+                .await
+        })
+    };
+    until_waiting_on_lock(&store, &db.name, 1).await;
+    held.commit().await.unwrap();
+    let appended = tokio::time::timeout(Duration::from_secs(10), after)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((appended.version, appended.first_position), (2, Some(3)));
+    let held_stream = store
+        .read_stream(&StreamId::new("Pot", "held"), 1, u64::MAX, usize::MAX)
+        .await
+        .unwrap();
+    let sequences: Vec<(u64, u64)> = held_stream
+        .iter()
+        .map(|e| (e.sequence, e.position))
+        .collect();
+    assert_eq!(sequences, [(1, 2), (2, 3)]);
+    assert_eq!(held_stream[0].event_id, held_id);
+    assert_eq!(store.head().await.unwrap(), 3);
 }

@@ -92,3 +92,33 @@ async fn the_one_statement_append_keeps_a_plan_of_index_lookups() {
     // A generic plan: the parameters stay parameters.
     assert!(plan.contains("$3"), "{plan}");
 }
+
+/// The one-statement append runs, on a connection of its own that accepted the settings: a
+/// connection that could not be opened would send every batch down the planned path unseen.
+#[tokio::test]
+async fn the_one_statement_append_runs_on_its_own_connection() {
+    let backend = crate::support::postgres().await;
+    backend
+        .store
+        .append(AppendRequest {
+            stream: StreamId::new("Pot", "fresh"),
+            expected: ExpectedVersion::Exact(0),
+            events: vec![
+                Codec::default()
+                    .encode_event(&PotEvent::from(Pruned { leaves: 1 }), Metadata::default())
+                    .unwrap(),
+            ],
+        })
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&backend.url).await.unwrap();
+    let ran: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND left(query, 300) = left($1, 300)",
+    )
+    .bind(POSTGRES_FAST_APPEND_SQL)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(ran, 1);
+}

@@ -612,6 +612,44 @@ pub async fn a_wrong_expected_version_conflicts_and_writes_nothing(store: Store)
     assert_eq!(any.version, 4);
 }
 
+/// A request whose stream is behind the version it expects fails alone, and the batch's other
+/// requests land as if it had not been there: no position is lost or taken twice. (On
+/// PostgreSQL the one-statement append has already inserted the other request's row when it
+/// finds the stream behind; the whole statement rolls back and the batch is planned again.)
+pub async fn a_request_behind_its_stream_fails_alone_in_its_batch(store: Store) {
+    let behind = pot("behind");
+    append_n(&store, &behind, 0, 2).await;
+    let head = store.head().await.unwrap();
+    let fresh = pot("beside-the-behind");
+    let results = store
+        .append_batch(&[
+            request(&fresh, ExpectedVersion::Exact(0), vec![pruned(1)]),
+            request(
+                &behind,
+                ExpectedVersion::Exact(5),
+                vec![pruned(2), pruned(3)],
+            ),
+        ])
+        .await
+        .unwrap();
+    let appended = results[0].as_ref().unwrap();
+    assert_eq!(
+        (appended.version, appended.first_position),
+        (1, Some(head + 1))
+    );
+    match &results[1] {
+        Err(StoreError::ConcurrencyConflict {
+            expected, actual, ..
+        }) => assert_eq!((*expected, *actual), (ExpectedVersion::Exact(5), 2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), head + 1);
+    assert_eq!(store.stream_version(&behind).await.unwrap(), 2);
+    let all = store.read_all(head + 1, 10).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].stream, fresh);
+}
+
 pub async fn sixty_four_racers_on_one_stream_exactly_one_wins(store: Store) {
     let stream = pot("contended");
     append_n(&store, &stream, 0, 1).await;
