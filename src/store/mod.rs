@@ -19,6 +19,24 @@
 //!   overlap, another stream, other sequences) fails with [`StoreError::DuplicateEvent`] and
 //!   stores nothing.
 
+/// A stream's version as a scalar SQL subquery, given the placeholders of its aggregate type
+/// and id: the stream's last entry in the streams index, one step backwards (0 without one).
+/// Not `MAX(sequence)`: for a stream written since PostgreSQL last gathered statistics, its
+/// planner estimated one row and aggregated every entry of the stream instead (1.6 ms at 10,000
+/// events on this project's machine, against 0.03 ms). Every statement of the SQL stores that
+/// reads a version takes this one text.
+macro_rules! stream_version_of {
+    ($aggregate_type:literal, $aggregate_id:literal) => {
+        concat!(
+            "COALESCE((SELECT e.sequence FROM events e WHERE e.aggregate_type = ",
+            $aggregate_type,
+            " AND e.aggregate_id = ",
+            $aggregate_id,
+            " ORDER BY e.sequence DESC LIMIT 1), 0)"
+        )
+    };
+}
+
 pub mod codec;
 mod group_commit;
 pub mod ids;

@@ -51,27 +51,24 @@ use super::{
 const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_id, \
      event_type, payload_revision, payload_format, recorded_at, metadata::text AS metadata, payload";
 
-/// A stream's version: its last entry in the streams index, one step backwards (`$1` the
-/// aggregate type, `$2` the id). Not `MAX(sequence)`: for a stream written since the planner
-/// last gathered statistics, PostgreSQL estimated one row and aggregated every entry of the
-/// stream instead (1.6 ms at 10,000 events on this project's machine, against 0.03 ms).
-/// Public so tests can pin its plan.
-pub const STREAM_VERSION_SQL: &str = "SELECT COALESCE((SELECT sequence FROM events \
-    WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1), 0)";
+/// A stream's version (`$1` the aggregate type, `$2` the id), read as `stream_version_of!` in
+/// `store/mod.rs` says. Public so tests can pin its plan.
+pub const STREAM_VERSION_SQL: &str = concat!("SELECT ", stream_version_of!("$1", "$2"));
 
 /// Where a load starts: the stream's version (read as in [`STREAM_VERSION_SQL`]) and its newest
 /// snapshot, its columns NULL when it has none; one statement, so both are of one snapshot of
 /// the database. Public so tests can pin its plan.
-pub const LOAD_START_SQL: &str = "\
-    SELECT COALESCE((SELECT e.sequence FROM events e \
-                     WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
-                     ORDER BY e.sequence DESC LIMIT 1), 0) AS version, \
+pub const LOAD_START_SQL: &str = concat!(
+    "SELECT ",
+    stream_version_of!("$1", "$2"),
+    " AS version, \
            s.sequence, s.payload_revision::bigint, s.payload_format::bigint, s.recorded_at, \
            s.payload \
     FROM (SELECT 1) AS one \
     LEFT JOIN LATERAL (SELECT sequence, payload_revision, payload_format, recorded_at, payload \
                        FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2 \
-                       ORDER BY sequence DESC LIMIT 1) s ON TRUE";
+                       ORDER BY sequence DESC LIMIT 1) s ON TRUE"
+);
 
 /// The statement a planned append's transaction starts with (inside `nursery_lock_for_append`):
 /// it takes the append lock and reads the head. Public so the gap-safety test can hold a writer
@@ -596,8 +593,8 @@ impl PostgresStore {
 /// `b` (sequences have no gaps, so that is one lookup by the whole key), and a stream that has
 /// moved past `b` already has the row at `b + 1`, which the unique streams index refuses, as
 /// the unique event-id index refuses a stored id. If any row is left out, `nursery_refuse`
-/// raises SQLSTATE `NU001`, which aborts the statement: the counter and the rows roll back together.
-/// Every refusal therefore writes nothing and the caller plans the batch in full.
+/// raises SQLSTATE `NU001`, which aborts the statement: the counter and the rows roll back
+/// together. Every refusal therefore writes nothing and the caller plans the batch in full.
 ///
 /// Parameters: `$1`-`$3` one entry per stream (type, id, expected version); per event `$4` the
 /// 1-based index of its stream, `$5` its offset in the stream's part of the batch, `$6`-`$9`
@@ -645,13 +642,13 @@ pub const APPEND_SETTINGS: [(&str, &str); 3] = [
     ("default_transaction_isolation", "read committed"),
 ];
 
-/// The connections of the one-statement append: those of `pool`, with two settings of their
-/// own. A prepared statement is planned for its parameters on each execution until PostgreSQL
-/// finds its generic plan no dearer, which for [`FAST_APPEND_SQL`] it never did: planned each
-/// time, a one-event append took 0.85-1.05 ms against 0.47-0.53 ms. So these connections always use the generic plan,
-/// and, so that a plan made while the table was small stays right as it grows, never a
-/// sequential scan (each of its lookups has an index). Only that statement runs on them, and
-/// since the group commit sends one round at a time, two connections are plenty.
+/// The connections of the one-statement append: those of `pool`, with [`APPEND_SETTINGS`]. A
+/// prepared statement is planned for its parameters on each execution until PostgreSQL finds
+/// its generic plan no dearer, which for [`FAST_APPEND_SQL`] it never did: planned each time,
+/// a one-event append took 0.85-1.05 ms against 0.47-0.53 ms. So these connections always use
+/// the generic plan, and, so that a plan made while the table was small stays right as it
+/// grows, never a sequential scan (each of its lookups has an index). Only that statement runs
+/// on them, and since the group commit sends one round at a time, two connections are plenty.
 fn append_pool(pool: &PgPool) -> PgPool {
     // Startup options are separated by spaces: a space inside a value is escaped.
     let settings = APPEND_SETTINGS.map(|(name, value)| (name, value.replace(' ', "\\ ")));

@@ -377,18 +377,19 @@ async fn take_large(
     )))
 }
 
-/// A stream's newest snapshot (its columns NULL when it has none) and the stream's version, in
-/// one statement, so both are read in one transaction. The version is the stream's last entry
-/// in the streams index, read backwards one step (as `stream_version` reads it).
-const LOAD_START: &str = "\
-SELECT COALESCE((SELECT e.sequence FROM events e \
-                 WHERE e.aggregate_type = ?1 AND e.aggregate_id = ?2 \
-                 ORDER BY e.sequence DESC LIMIT 1), 0) AS version, \
+/// A stream's newest snapshot (its columns NULL when it has none) and the stream's version
+/// (read as `stream_version` reads it, `stream_version_of!`), in one statement, so both are read
+/// in one transaction.
+const LOAD_START: &str = concat!(
+    "SELECT ",
+    stream_version_of!("?1", "?2"),
+    " AS version, \
        s.sequence, s.payload_revision, s.payload_format, s.recorded_at, s.payload \
 FROM (SELECT 1) \
 LEFT JOIN (SELECT sequence, payload_revision, payload_format, recorded_at, payload FROM snapshots \
            WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
-           ORDER BY sequence DESC LIMIT 1) s ON 1";
+           ORDER BY sequence DESC LIMIT 1) s ON 1"
+);
 
 /// One page of a replay as one row: the page's events (up to `?5`, from sequence `?3`) as a
 /// JSON array of `[sequence, type, revision, format, hex(payload)]`. A payload larger than `?6`
@@ -711,14 +712,11 @@ impl EventStore for SqliteStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT sequence FROM events WHERE aggregate_type = ? AND aggregate_id = ? \
-             ORDER BY sequence DESC LIMIT 1), 0)",
-        )
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .fetch_one(&self.reader)
-        .await?;
+        let version: i64 = sqlx::query_scalar(concat!("SELECT ", stream_version_of!("?", "?")))
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .fetch_one(&self.reader)
+            .await?;
         to_u64(version, "sequence")
     }
 
@@ -1131,6 +1129,13 @@ mod tests {
     use super::*;
     use crate::store::{ExpectedVersion, NewEvent, PayloadFormat};
 
+    /// The steps of an `EXPLAIN QUERY PLAN`, as SQLite words them.
+    fn plan_steps(rows: &[sqlx::sqlite::SqliteRow]) -> Vec<String> {
+        rows.iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect()
+    }
+
     fn batch() -> Vec<AppendRequest> {
         ["a", "b"]
             .into_iter()
@@ -1212,10 +1217,8 @@ mod tests {
             .build()
             .fetch_all(&mut *store.writer().lock().await.unwrap())
             .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>("detail"))
-            .collect();
+            .map(|rows| plan_steps(&rows))
+            .unwrap();
         let reads: Vec<&String> = plan
             .iter()
             .filter(|step| step.contains("events") || step.starts_with("SEARCH e "))
@@ -1274,10 +1277,8 @@ mod tests {
             let plan: Vec<String> = query
                 .fetch_all(&mut *conn)
                 .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get::<String, _>("detail"))
-                .collect();
+                .map(|rows| plan_steps(&rows))
+                .unwrap();
             let reads: Vec<&String> = plan.iter().filter(|s| s.contains("events")).collect();
             assert!(
                 !reads.is_empty() && reads.iter().all(|s| s.starts_with(expected)),
@@ -1301,10 +1302,8 @@ mod tests {
             .bind("p")
             .fetch_all(&mut *conn)
             .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>("detail"))
-            .collect();
+            .map(|rows| plan_steps(&rows))
+            .unwrap();
         let searches = |table: &str| {
             plan.iter()
                 .filter(|step| step.starts_with(&format!("SEARCH {table} USING ")))

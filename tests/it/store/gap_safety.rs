@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nursery::store::{
-    AppendRequest, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata,
-    POSTGRES_APPEND_LOCK_SQL, PostgresStore, StreamId,
+    AppendRequest, Appended, Codec, EventStore, EventStoreExt, ExpectedVersion, Metadata,
+    POSTGRES_APPEND_LOCK_SQL, PostgresStore, StoreError, StreamId,
 };
 use sqlx::{Postgres, Transaction};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::fixtures::{PotEvent, Pruned};
@@ -57,6 +58,25 @@ async fn hold_writer(store: &PostgresStore) -> (Transaction<'static, Postgres>, 
     (tx, event_id)
 }
 
+/// Starts `request` as an append of its own, which may wait on the append lock.
+fn in_background(
+    store: &Arc<PostgresStore>,
+    request: AppendRequest,
+) -> JoinHandle<Result<Appended, StoreError>> {
+    let store = Arc::clone(store);
+    tokio::spawn(async move { store.append(request).await })
+}
+
+/// The answer of an append started by [`in_background`], which must come within 10 s and be a
+/// success.
+async fn answer(append: JoinHandle<Result<Appended, StoreError>>) -> Appended {
+    tokio::time::timeout(Duration::from_secs(10), append)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
 /// Waits, with a deadline, until `n` backends of this database wait on a lock.
 async fn until_waiting_on_lock(store: &PostgresStore, db: &str, n: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -92,10 +112,7 @@ async fn a_reader_waits_for_a_held_writer_then_sees_both_in_order_with(expected:
     store.append(one_event("first", expected)).await.unwrap();
 
     let (held, held_id) = hold_writer(&store).await;
-    let other = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move { store.append(one_event("second", expected)).await })
-    };
+    let other = in_background(&store, one_event("second", expected));
     until_waiting_on_lock(&store, &db.name, 1).await;
 
     // While the held writer is open, nothing past position 1 is visible: the reader waits.
@@ -104,11 +121,7 @@ async fn a_reader_waits_for_a_held_writer_then_sees_both_in_order_with(expected:
     assert!(!other.is_finished());
 
     held.commit().await.unwrap();
-    let appended = tokio::time::timeout(Duration::from_secs(10), other)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let appended = answer(other).await;
     assert_eq!(appended.first_position, Some(3));
 
     let all = store.read_all(1, 100).await.unwrap();
@@ -131,19 +144,12 @@ async fn a_held_writer_that_rolls_back_leaves_no_hole_with(expected: ExpectedVer
     store.append(one_event("first", expected)).await.unwrap();
 
     let (held, _) = hold_writer(&store).await;
-    let other = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move { store.append(one_event("second", expected)).await })
-    };
+    let other = in_background(&store, one_event("second", expected));
     until_waiting_on_lock(&store, &db.name, 1).await;
     assert!(store.read_all(2, 100).await.unwrap().is_empty());
 
     held.rollback().await.unwrap();
-    let appended = tokio::time::timeout(Duration::from_secs(10), other)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let appended = answer(other).await;
     assert_eq!(
         appended.first_position,
         Some(2),
@@ -175,21 +181,10 @@ async fn an_append_expecting_the_held_writers_row_follows_it() {
         .unwrap();
 
     let (held, held_id) = hold_writer(&store).await;
-    let after = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            store
-                .append(one_event("held", ExpectedVersion::Exact(1)))
-                .await
-        })
-    };
+    let after = in_background(&store, one_event("held", ExpectedVersion::Exact(1)));
     until_waiting_on_lock(&store, &db.name, 1).await;
     held.commit().await.unwrap();
-    let appended = tokio::time::timeout(Duration::from_secs(10), after)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let appended = answer(after).await;
     assert_eq!((appended.version, appended.first_position), (2, Some(3)));
     let held_stream = store
         .read_stream(&StreamId::new("Pot", "held"), 1, u64::MAX, usize::MAX)
