@@ -35,11 +35,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row};
 use tracing::{instrument, warn};
 use uuid::Uuid;
 
 use super::group_commit::{AppendNow, GroupCommit};
+use super::lanes::{Lanes, broke, on_lane};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
@@ -92,8 +93,10 @@ const INSERT_SQL: &str = "\
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// The connections the one-statement append runs on (see [`append_pool`]).
-    appends: PgPool,
+    /// The connections the one-statement append runs on (see [`append_lanes`]).
+    appends: Arc<Lanes<Postgres>>,
+    /// The connections the store's reads run on (see `lanes.rs`).
+    reads: Arc<Lanes<Postgres>>,
     /// Concurrent appends share transactions (they would queue on the counter's lock anyway).
     group: Arc<GroupCommit>,
 }
@@ -111,14 +114,16 @@ impl PostgresStore {
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool, running the migrations first. Appends run on two connections
-    /// of their own, opened when first needed with the pool's connect options as they are
-    /// now, plus [`APPEND_SETTINGS`]; the pool's `after_connect` hooks and options set on it
-    /// later do not reach them. Closing the pool stops appends too.
+    /// Uses an existing pool, running the migrations first. The store's appends and reads run
+    /// on up to [`READ_LANES`] + 2 connections it takes from the pool when first needed and
+    /// then keeps (the pool stops counting them, and may open as many again): so they carry
+    /// the pool's options and `after_connect` hooks, and the append connections also
+    /// [`APPEND_SETTINGS`]. Closing the pool stops the store too.
     pub async fn with_pool(pool: PgPool) -> Result<Self, StoreError> {
         postgres_migrator().run(&pool).await?;
         Ok(Self {
-            appends: append_pool(&pool),
+            appends: Arc::new(append_lanes(&pool)),
+            reads: Arc::new(Lanes::new(pool.clone(), READ_LANES, None)),
             pool,
             group: Arc::default(),
         })
@@ -129,6 +134,11 @@ impl PostgresStore {
         &self.pool
     }
 }
+
+/// How many connections the store keeps for its reads (`lanes.rs` says why they are not the
+/// pool's). Loads run at most `RecoveryConfig::max_concurrent` at once, most of them one
+/// short statement each.
+pub const READ_LANES: usize = 4;
 
 /// How many events one query of a replay reads at most.
 const REPLAY_PAGE: usize = 10_000;
@@ -196,18 +206,20 @@ impl EventStore for PostgresStore {
         to: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
              ORDER BY sequence LIMIT $5"
-        ))
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .bind(clamp(from))
-        .bind(clamp(to))
-        .bind(clamp(max as u64))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = on_lane!(self.reads, |conn| {
+            sqlx::query(&sql)
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .bind(clamp(from))
+                .bind(clamp(to))
+                .bind(clamp(max as u64))
+                .fetch_all(conn)
+        })?;
         rows.iter().map(record).collect()
     }
 
@@ -226,6 +238,9 @@ impl EventStore for PostgresStore {
         // of one page for the connection to drain.
         let mut pages = Pages::new(from, to, max, REPLAY_PAGE);
         while let Some((next, limit)) = pages.next_page() {
+            // Not `run`: a page folded in part must not be folded again. A broken connection
+            // fails the load (the actor's supervisor loads again) and is dropped.
+            let mut lane = self.reads.lane().await?;
             let mut rows = sqlx::query(
                 "SELECT sequence, event_type, payload_revision, payload_format, payload \
                  FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
@@ -236,9 +251,20 @@ impl EventStore for PostgresStore {
             .bind(clamp(next))
             .bind(clamp(to))
             .bind(clamp(limit as u64))
-            .fetch(&self.pool);
+            .fetch(&mut *lane);
             let (mut read, mut last) = (0, None);
-            while let Some(row) = rows.try_next().await? {
+            loop {
+                let row = match rows.try_next().await {
+                    Ok(Some(row)) => row,
+                    Ok(None) => break,
+                    Err(error) => {
+                        drop(rows);
+                        if broke(&error) {
+                            lane.discard();
+                        }
+                        return Err(error.into());
+                    }
+                };
                 let event = EncodedEvent::from_columns(
                     stream,
                     row.try_get(0)?,
@@ -265,18 +291,20 @@ impl EventStore for PostgresStore {
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         recent_backwards(from, to, max, |upper| async move {
-            let rows = sqlx::query_as(
-                "SELECT sequence, metadata::text FROM events \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3 AND sequence <= $4 \
-                 ORDER BY sequence DESC LIMIT $5",
-            )
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .bind(clamp(from))
-            .bind(clamp(upper))
-            .bind(clamp(RECENT_PAGE as u64))
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = on_lane!(self.reads, |conn| {
+                sqlx::query_as(
+                    "SELECT sequence, metadata::text FROM events \
+                         WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                         AND sequence >= $3 AND sequence <= $4 \
+                         ORDER BY sequence DESC LIMIT $5",
+                )
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .bind(clamp(from))
+                .bind(clamp(upper))
+                .bind(clamp(RECENT_PAGE as u64))
+                .fetch_all(conn)
+            })?;
             command_ids_of(stream, rows)
         })
         .await
@@ -284,30 +312,34 @@ impl EventStore for PostgresStore {
 
     #[instrument(skip_all, fields(from = from, max = max), err)]
     async fn read_all(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
              ORDER BY global_position LIMIT $2"
-        ))
-        .bind(clamp(from))
-        .bind(clamp(max as u64))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = on_lane!(self.reads, |conn| {
+            sqlx::query(&sql)
+                .bind(clamp(from))
+                .bind(clamp(max as u64))
+                .fetch_all(conn)
+        })?;
         rows.iter().map(record).collect()
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        let head: i64 = sqlx::query_scalar("SELECT last_position FROM event_counter WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
+        let head: i64 = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar("SELECT last_position FROM event_counter WHERE id = 1")
+                .fetch_one(conn)
+        })?;
         to_u64(head, "last_position")
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let version: i64 = sqlx::query_scalar(STREAM_VERSION_SQL)
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .fetch_one(&self.pool)
-            .await?;
+        let version: i64 = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar(STREAM_VERSION_SQL)
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .fetch_one(conn)
+        })?;
         to_u64(version, "sequence")
     }
 
@@ -323,11 +355,12 @@ impl EventStore for PostgresStore {
     }
 
     async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
-        let row = sqlx::query_as(LOAD_START_SQL)
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .fetch_one(&self.pool)
-            .await?;
+        let row = on_lane!(self.reads, |conn| {
+            sqlx::query_as(LOAD_START_SQL)
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .fetch_one(conn)
+        })?;
         LoadStart::from_row(stream, row)
     }
 
@@ -528,7 +561,7 @@ impl PostgresStore {
         if self.pool.is_closed() {
             return Err(sqlx::Error::PoolClosed.into());
         }
-        let mut connection = match self.appends.acquire().await {
+        let mut connection = match self.appends.lane().await {
             Ok(connection) => connection,
             Err(error) => {
                 warn!(%error, "no append connection: the batch is planned in full on the pool");
@@ -561,6 +594,14 @@ impl PostgresStore {
                 if error.kind() == sqlx::error::ErrorKind::UniqueViolation
                     || error.code().as_deref() == Some(REFUSED) =>
             {
+                return Ok(None);
+            }
+            // The connection broke (the server restarted, say): it goes, and the planned path
+            // takes the batch. Should the statement have committed before the break, the
+            // planned path finds its event ids stored and answers the batch as the retry it is.
+            Err(error) if broke(&error) => {
+                connection.discard();
+                warn!(%error, "an append connection broke: the batch is planned in full");
                 return Ok(None);
             }
             Err(error) => return Err(error.into()),
@@ -633,7 +674,7 @@ pub const FAST_APPEND_SQL: &str = "\
 /// The SQLSTATE `nursery_refuse` raises (migration 0009).
 const REFUSED: &str = "NU001";
 
-/// The settings of the connections [`FAST_APPEND_SQL`] runs on (`append_pool` says why). Public
+/// The settings of the connections [`FAST_APPEND_SQL`] runs on (`append_lanes` says why). Public
 /// so tests can pin the statement's plan under them.
 pub const APPEND_SETTINGS: [(&str, &str); 3] = [
     ("plan_cache_mode", "force_generic_plan"),
@@ -642,22 +683,24 @@ pub const APPEND_SETTINGS: [(&str, &str); 3] = [
     ("default_transaction_isolation", "read committed"),
 ];
 
-/// The connections of the one-statement append: those of `pool`, with [`APPEND_SETTINGS`]. A
+/// The connections of the one-statement append: two of `pool`'s, with [`APPEND_SETTINGS`]. A
 /// prepared statement is planned for its parameters on each execution until PostgreSQL finds
 /// its generic plan no dearer, which for [`FAST_APPEND_SQL`] it never did: planned each time,
 /// a one-event append took 0.85-1.05 ms against 0.47-0.53 ms. So these connections always use
 /// the generic plan, and, so that a plan made while the table was small stays right as it
 /// grows, never a sequential scan (each of its lookups has an index). Only that statement runs
 /// on them, and since the group commit sends one round at a time, two connections are plenty.
-fn append_pool(pool: &PgPool) -> PgPool {
-    // Startup options are separated by spaces: a space inside a value is escaped.
-    let settings = APPEND_SETTINGS.map(|(name, value)| (name, value.replace(' ', "\\ ")));
-    let options = (*pool.connect_options()).clone().options(settings);
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false)
-        .connect_lazy_with(options)
+fn append_lanes(pool: &PgPool) -> Lanes<Postgres> {
+    Lanes::new(pool.clone(), 2, Some(append_setup()))
+}
+
+/// What each append connection is sent once: [`APPEND_SETTINGS`] as `SET` statements.
+fn append_setup() -> String {
+    APPEND_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = '{value}'"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// PostgreSQL integers are signed: a bound past `i64::MAX` means "no bound".
@@ -670,21 +713,15 @@ fn clamp(value: u64) -> i64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_append_connections_carry_their_settings_and_the_pools_own() {
-        // Lazy: nothing connects, only the options are read.
-        let pool = PgPoolOptions::new()
-            .connect_lazy("postgres://someone@127.0.0.1:1/anywhere?options=-c%20search_path%3Dshop")
-            .unwrap();
-        let appends = append_pool(&pool);
-        let options = appends.connect_options();
-        let startup = options.get_options().unwrap_or_default();
-        assert!(startup.contains("search_path=shop"), "{startup}");
+    #[test]
+    fn the_append_connections_are_sent_every_setting() {
+        let setup = append_setup();
         for (name, value) in APPEND_SETTINGS {
-            let value = value.replace(' ', "\\ ");
-            assert!(startup.contains(&format!("-c {name}={value}")), "{startup}");
+            assert!(
+                setup.contains(&format!("SET {name} = '{value}'")),
+                "{setup}"
+            );
         }
-        assert_eq!(options.get_database(), Some("anywhere"));
-        assert_eq!(appends.options().get_max_connections(), 2);
+        assert_eq!(setup.matches("SET ").count(), APPEND_SETTINGS.len());
     }
 }

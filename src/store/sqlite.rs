@@ -27,6 +27,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::group_commit::{AppendNow, GroupCommit};
+use super::lanes::{Lanes, on_lane};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
@@ -48,7 +49,10 @@ const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequ
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: SqliteWriter,
+    /// Hosts' reads (`reader_pool`), and the store's rare ones.
     reader: SqlitePool,
+    /// The store's reads: connections of the reader pool's, kept (`lanes.rs` says why).
+    reads: Arc<Lanes<Sqlite>>,
     /// Concurrent appends share transactions (SQLite has one writer anyway).
     group: Arc<GroupCommit>,
 }
@@ -170,7 +174,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let unsettled = Arc::new(AtomicBool::new(false));
-        let (connection, reader) = if in_memory {
+        let (connection, reader, reads) = if in_memory {
             // An in-memory database lives in its one connection: readers share it, so it
             // stays in a pool of one.
             let flag = Arc::clone(&unsettled);
@@ -195,7 +199,11 @@ impl SqliteStore {
                 .connect_with(options)
                 .await?;
             sqlite_migrator().run(&pool).await?;
-            (WriterConnection::Pooled(pool.clone()), pool)
+            (
+                WriterConnection::Pooled(pool.clone()),
+                pool.clone(),
+                Lanes::pooled(pool),
+            )
         } else {
             // A connection of its own, outside any pool (dropping it needs no runtime).
             let mut conn = sqlx::ConnectOptions::connect(&options).await?;
@@ -210,7 +218,8 @@ impl SqliteStore {
                 connection: Arc::new(tokio::sync::Mutex::new(conn)),
                 options: Arc::new(options),
             };
-            (held, reader)
+            let reads = Lanes::new(reader.clone(), READ_LANES, None);
+            (held, reader, reads)
         };
         Ok(Self {
             writer: SqliteWriter {
@@ -218,6 +227,7 @@ impl SqliteStore {
                 unsettled,
             },
             reader,
+            reads: Arc::new(reads),
             group: Arc::default(),
         })
     }
@@ -249,18 +259,23 @@ impl SqliteStore {
         };
         let (mut events, mut pages) = (Vec::new(), Pages::new(from, to, max, PAGE_SIZE));
         while let Some((next, limit)) = pages.next_page() {
-            let page = match reading {
-                Reading::Stream(stream, to) => sqlx::query_scalar::<_, String>(&FULL_PAGE_STREAM)
-                    .bind(stream.aggregate_type.as_str())
-                    .bind(stream.aggregate_id.as_str())
-                    .bind(clamp(next))
-                    .bind(clamp(to)),
-                Reading::All => sqlx::query_scalar::<_, String>(&FULL_PAGE_ALL).bind(clamp(next)),
-            }
-            .bind(clamp(limit as u64))
-            .bind(REPLAY_INLINE_BYTES)
-            .fetch_one(&self.reader)
-            .await?;
+            let page = on_lane!(self.reads, |conn| {
+                match reading {
+                    Reading::Stream(stream, to) => {
+                        sqlx::query_scalar::<_, String>(&FULL_PAGE_STREAM)
+                            .bind(stream.aggregate_type.as_str())
+                            .bind(stream.aggregate_id.as_str())
+                            .bind(clamp(next))
+                            .bind(clamp(to))
+                    }
+                    Reading::All => {
+                        sqlx::query_scalar::<_, String>(&FULL_PAGE_ALL).bind(clamp(next))
+                    }
+                }
+                .bind(clamp(limit as u64))
+                .bind(REPLAY_INLINE_BYTES)
+                .fetch_one(conn)
+            })?;
             let mut rows: Vec<FullRow<'_>> = serde_json::from_str(&page).map_err(|e| {
                 StoreError::Internal(format!("a page of events from {next} did not parse: {e}"))
             })?;
@@ -376,6 +391,10 @@ async fn take_large(
         "the large columns of the event at {key} were not read"
     )))
 }
+
+/// How many connections the store keeps for its reads (`lanes.rs` says why they are not the
+/// reader pool's, which has as many again for hosts).
+const READ_LANES: usize = 4;
 
 /// A stream's newest snapshot (its columns NULL when it has none) and the stream's version
 /// (read as `stream_version` reads it, `stream_version_of!`), in one statement, so both are read
@@ -598,16 +617,17 @@ impl EventStore for SqliteStore {
         // SQLite driver costs more per row (a copy of each value, a hand-over from its worker
         // thread) than SQLite takes to write the page as JSON.
         let fetch = |from: u64, limit: usize| async move {
-            sqlx::query_scalar::<_, String>(REPLAY_PAGE)
-                .bind(stream.aggregate_type.as_str())
-                .bind(stream.aggregate_id.as_str())
-                .bind(clamp(from))
-                .bind(clamp(to))
-                .bind(clamp(limit as u64))
-                .bind(REPLAY_INLINE_BYTES)
-                .fetch_one(&self.reader)
-                .await
-                .map_err(StoreError::from)
+            on_lane!(self.reads, |conn| {
+                sqlx::query_scalar::<_, String>(REPLAY_PAGE)
+                    .bind(stream.aggregate_type.as_str())
+                    .bind(stream.aggregate_id.as_str())
+                    .bind(clamp(from))
+                    .bind(clamp(to))
+                    .bind(clamp(limit as u64))
+                    .bind(REPLAY_INLINE_BYTES)
+                    .fetch_one(conn)
+            })
+            .map_err(StoreError::from)
         };
         let mut pages = Pages::new(from, to, max, PAGE_SIZE);
         let Some((first, limit)) = pages.next_page() else {
@@ -682,18 +702,20 @@ impl EventStore for SqliteStore {
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
         recent_backwards(from, to, max, |upper| async move {
-            let rows = sqlx::query_as(
-                "SELECT sequence, metadata FROM events \
-                 WHERE aggregate_type = ? AND aggregate_id = ? AND sequence >= ? AND sequence <= ? \
-                 ORDER BY sequence DESC LIMIT ?",
-            )
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .bind(clamp(from))
-            .bind(clamp(upper))
-            .bind(clamp(RECENT_PAGE as u64))
-            .fetch_all(&self.reader)
-            .await?;
+            let rows = on_lane!(self.reads, |conn| {
+                sqlx::query_as(
+                    "SELECT sequence, metadata FROM events \
+                     WHERE aggregate_type = ? AND aggregate_id = ? \
+                     AND sequence >= ? AND sequence <= ? \
+                     ORDER BY sequence DESC LIMIT ?",
+                )
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .bind(clamp(from))
+                .bind(clamp(upper))
+                .bind(clamp(RECENT_PAGE as u64))
+                .fetch_all(conn)
+            })?;
             command_ids_of(stream, rows)
         })
         .await
@@ -705,18 +727,20 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
-            .fetch_one(&self.reader)
-            .await?;
+        let head: i64 = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM events")
+                .fetch_one(conn)
+        })?;
         to_u64(head, "global_position")
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let version: i64 = sqlx::query_scalar(concat!("SELECT ", stream_version_of!("?", "?")))
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .fetch_one(&self.reader)
-            .await?;
+        let version: i64 = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar(concat!("SELECT ", stream_version_of!("?", "?")))
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .fetch_one(conn)
+        })?;
         to_u64(version, "sequence")
     }
 
@@ -757,11 +781,12 @@ impl EventStore for SqliteStore {
     }
 
     async fn load_start(&self, stream: &StreamId) -> Result<LoadStart, StoreError> {
-        let row = sqlx::query_as(LOAD_START)
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .fetch_one(&self.reader)
-            .await?;
+        let row = on_lane!(self.reads, |conn| {
+            sqlx::query_as(LOAD_START)
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str())
+                .fetch_one(conn)
+        })?;
         LoadStart::from_row(stream, row)
     }
 

@@ -6,6 +6,7 @@ mod gap_safety;
 mod plans;
 mod properties;
 mod scenarios;
+mod sessions;
 
 macro_rules! conformance {
     ($backend:ident: $($scenario:ident),+ $(,)?) => {
