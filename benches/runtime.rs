@@ -1,7 +1,9 @@
 //! The runtime benchmark: commands through the gateway, actors, journal and store.
 //!
 //! Workload: 1,000 carts × 10 AddItem commands from 64 concurrent clients (one durable event
-//! per command), on SQLite and PostgreSQL; the hot case (64 clients on one aggregate); and in
+//! per command), on SQLite and PostgreSQL: each client with one command in flight (a closed
+//! loop), then with one in flight on each of `NURSERY_BENCH_WINDOW` (default 4) of its carts at
+//! once, then on all of its carts at once; the hot case (64 clients on one aggregate); and in
 //! the same run the raw sqlx rates for the same rows (one row per transaction from 64 writers,
 //! and batched). Each command row also gives the CPU time this process spent per command (all
 //! its threads: clients, runtime, SQLite's worker threads; not the PostgreSQL server's), which
@@ -250,6 +252,16 @@ async fn runtime_rows(backend: &str, store: Arc<dyn EventStore>) {
     measured_row(
         backend,
         &format!("{carts} carts x {per_cart} AddItem, {clients} clients"),
+        &measured,
+    );
+    let window = std::env::var("NURSERY_BENCH_WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(4);
+    let measured = drive(&runtime, "window", carts, per_cart, clients, window, false).await;
+    measured_row(
+        backend,
+        &format!("the same, each client {window} of its carts at once"),
         &measured,
     );
     let measured = drive(&runtime, "many", carts, per_cart, clients, carts, false).await;
