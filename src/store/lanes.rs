@@ -11,17 +11,25 @@
 //!   more on a newly opened connection, so a restart of the database costs the first statement
 //!   on each idle lane a second try, not an error. Only statements that may run twice go
 //!   through `on_lane!`: single reads.
-//! - A caller that gives up in the middle of a statement leaves its connection mid-exchange;
-//!   the driver finishes that exchange before the connection's next statement (sqlx drains
-//!   what the server still owes; SQLite's worker resets the statement). Lanes never hold a
-//!   transaction open across statements, so no transaction is left behind.
-//! - Closing the pool the lanes were made from closes them too: they refuse new work.
+//! - A caller that gives up in the middle of a statement leaves its connection mid-exchange:
+//!   that connection is closed, not handed back (see [`Lane`]). Lanes never hold a
+//!   transaction open across statements, and end any that a connection taken from the pool
+//!   was left in (see [`Settle`]).
+//! - Kept connections live no longer than the pool's `max_lifetime`. (The pool's other
+//!   per-connection settings, `idle_timeout`, `before_acquire` and `after_release`, do not
+//!   apply to them.)
+//! - Closing the pool the lanes were made from closes them too: they refuse new work and let
+//!   go of their connections.
 //!
 //! Must not touch: what the statements are. Lanes move connections only.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Database, Executor, Pool};
@@ -40,6 +48,7 @@ macro_rules! on_lane {
             let $conn = &mut *lane;
             $statement.await
         };
+        lane.finish();
         match first {
             Err(error) if $crate::store::lanes::broke(&error) => {
                 lane.discard();
@@ -48,6 +57,7 @@ macro_rules! on_lane {
                     let $conn = &mut *lane;
                     $statement.await
                 };
+                lane.finish();
                 if again.as_ref().is_err_and($crate::store::lanes::broke) {
                     lane.discard();
                 }
@@ -59,43 +69,72 @@ macro_rules! on_lane {
 }
 pub(crate) use on_lane;
 
+/// What a store runs on each connection its lanes take from the pool, before anything else:
+/// it ends a transaction the connection may have been left in (a host's `begin` cut off after
+/// the server ran it). A lane's statements would otherwise never commit, or read one old
+/// snapshot for ever.
+pub(crate) type Settle<DB> =
+    for<'c> fn(&'c mut <DB as Database>::Connection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+
 /// A fixed number of connections, taken from a pool when first needed and then kept.
 pub(crate) struct Lanes<DB: Database> {
     /// Where connections come from, and whose closing closes the lanes.
     pool: Pool<DB>,
     /// Whether the lanes keep the connections they take (else they take one for each use).
     keep: bool,
-    /// Run once on each connection the lanes take for keeps (session settings).
+    /// Run first on each connection the lanes take for keeps.
+    settle: Option<Settle<DB>>,
+    /// Run next on each connection the lanes take for keeps (session settings).
     setup: Option<String>,
     /// One permit a lane: at most that many connections are kept, and waiters queue in order.
     permits: Semaphore,
     lanes: usize,
     /// Kept connections not in use; a lane without one takes a new one from the pool.
-    idle: Mutex<Vec<DB::Connection>>,
+    idle: Mutex<Vec<Kept<DB>>>,
+}
+
+/// A kept connection, and when the lanes took it (kept no longer than the pool's
+/// `max_lifetime`, as the pool would).
+struct Kept<DB: Database> {
+    connection: DB::Connection,
+    taken: Instant,
 }
 
 impl<DB: Database> Lanes<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    /// `lanes` connections taken from `pool` (opened by it, so with its options and
-    /// `after_connect` hooks), each then sent `setup`, and kept: the pool no longer counts them.
-    pub(crate) fn new(pool: Pool<DB>, lanes: usize, setup: Option<String>) -> Self {
-        Self::with(pool, true, lanes, setup)
+    /// `lanes` connections taken from `pool` (opened by it, so with its connect options and
+    /// `after_connect` hooks), each then `settle`d, sent `setup`, and kept: the pool no longer
+    /// counts them.
+    pub(crate) fn new(
+        pool: Pool<DB>,
+        lanes: usize,
+        settle: Settle<DB>,
+        setup: Option<String>,
+    ) -> Self {
+        Self::with(pool, true, lanes, Some(settle), setup)
     }
 
     /// Lanes that take a connection from the pool for each use, and so pay its ping: for a
     /// database that lives in the pool's connection (an in-memory SQLite database).
     pub(crate) fn pooled(pool: Pool<DB>) -> Self {
         let lanes = pool.options().get_max_connections() as usize;
-        Self::with(pool, false, lanes, None)
+        Self::with(pool, false, lanes, None, None)
     }
 
-    fn with(pool: Pool<DB>, keep: bool, lanes: usize, setup: Option<String>) -> Self {
+    fn with(
+        pool: Pool<DB>,
+        keep: bool,
+        lanes: usize,
+        settle: Option<Settle<DB>>,
+        setup: Option<String>,
+    ) -> Self {
         let lanes = lanes.max(1);
         Self {
             pool,
             keep,
+            settle,
             setup,
             permits: Semaphore::new(lanes),
             lanes,
@@ -118,32 +157,47 @@ where
     /// A lane; `fresh`: with a newly taken connection (which answered a ping), not an idle
     /// one.
     async fn take(&self, fresh: bool) -> Result<Lane<'_, DB>, sqlx::Error> {
-        if self.pool.is_closed() {
-            return Err(sqlx::Error::PoolClosed);
-        }
+        self.refuse_if_closed()?;
         let wait = self.pool.options().get_acquire_timeout();
         let permit = tokio::time::timeout(wait, self.permits.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let held = if !self.keep {
-            Held::Pooled(self.pool.acquire().await?)
-        } else if let Some(connection) = (!fresh).then(|| self.idle_connection()).flatten() {
-            Held::Own(connection)
+        // The pool may have closed while this caller waited for a lane.
+        self.refuse_if_closed()?;
+        let held = if self.keep {
+            let idle = if fresh { None } else { self.idle_connection() };
+            match idle {
+                Some(kept) => Held::Own(kept),
+                None => Held::Own(Kept {
+                    connection: self.open().await?,
+                    taken: Instant::now(),
+                }),
+            }
         } else {
-            Held::Own(self.open().await?)
+            Held::Pooled(self.pool.acquire().await?)
         };
         Ok(Lane {
             held: Some(held),
+            finished: false,
             lanes: self,
             _permit: permit,
         })
     }
 
-    /// A connection of the pool's, detached from it, tested and set up. The pool hands out its
-    /// idle connections unchecked, and after a restart of the server they are as stale as the
-    /// lanes' own: each is pinged first (once, when a lane takes it for keeps), and one that
-    /// does not answer is dropped for the next.
+    /// Refuses work once the pool is closed, and lets go of the kept connections then.
+    fn refuse_if_closed(&self) -> Result<(), sqlx::Error> {
+        if !self.pool.is_closed() {
+            return Ok(());
+        }
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Err(sqlx::Error::PoolClosed)
+    }
+
+    /// A connection of the pool's, detached from it, tested, settled and set up. The pool
+    /// hands out its idle connections unchecked, and after a restart of the server they are as
+    /// stale as the lanes' own: each is pinged first (once, when a lane takes it for keeps), and
+    /// one that does not answer is dropped for the next.
     async fn open(&self) -> Result<DB::Connection, sqlx::Error> {
         let mut tries = self.pool.options().get_max_connections() + 1;
         loop {
@@ -154,6 +208,9 @@ where
                 Err(_) => continue,
                 Ok(()) => {}
             }
+            if let Some(settle) = self.settle {
+                settle(&mut connection).await?;
+            }
             if let Some(setup) = &self.setup {
                 connection.execute(setup.as_str()).await?;
             }
@@ -161,8 +218,17 @@ where
         }
     }
 
-    fn idle_connection(&self) -> Option<DB::Connection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    /// The most recently used idle connection that is not past the pool's `max_lifetime`
+    /// (older ones are dropped).
+    fn idle_connection(&self) -> Option<Kept<DB>> {
+        let max_lifetime = self.pool.options().get_max_lifetime();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(kept) = idle.pop() {
+            if max_lifetime.is_none_or(|lifetime| kept.taken.elapsed() < lifetime) {
+                return Some(kept);
+            }
+        }
+        None
     }
 
     /// How many kept connections are idle (for tests).
@@ -184,33 +250,52 @@ impl<DB: Database> fmt::Debug for Lanes<DB> {
 
 /// Whether a statement failed because its connection can no longer be used: broken I/O or
 /// protocol, a crashed driver worker, or the server ending the session (SQLSTATE classes 08,
-/// connection exceptions, and 57P, shutdowns). A refusal by the database is not one.
+/// connection exceptions, and 57P, shutdowns; any error of severity FATAL or PANIC). Also a
+/// server that became a read-only standby (25006): a new connection may reach the new
+/// primary. A refusal by the database is not one.
 pub(crate) fn broke(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(error) => error
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        sqlx::Error::Database(error) => {
+            let fatal = error
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
+            fatal
+                || error.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("57P") || code == "25006"
+                })
+        }
         _ => false,
     }
 }
 
-/// A connection taken from [`Lanes`]; handed back, as it is, when dropped.
+/// A connection taken from [`Lanes`]. Handed back, as it is, when dropped, if its last
+/// exchange with the database was finished (see [`Lane::finish`]); otherwise it is closed: a
+/// caller that gave up mid-statement leaves the connection mid-exchange, and its next user
+/// would first meet what that statement still had to say (its rows, its error) or send it
+/// late. (sqlx's pool cleaned such a connection up with the ping on its return.)
 pub(crate) struct Lane<'a, DB: Database> {
     held: Option<Held<DB>>,
+    finished: bool,
     lanes: &'a Lanes<DB>,
     _permit: SemaphorePermit<'a>,
 }
 
 enum Held<DB: Database> {
-    Own(DB::Connection),
+    Own(Kept<DB>),
     Pooled(PoolConnection<DB>),
 }
 
 impl<DB: Database> Lane<'_, DB> {
+    /// Marks the statement run on the lane as answered in full (its result or error read to
+    /// the end), so the connection may serve the next one.
+    pub(crate) fn finish(&mut self) {
+        self.finished = true;
+    }
+
     /// Drops the connection instead of handing it back: it broke (see [`broke`]).
     pub(crate) fn discard(mut self) {
         self.held = None;
@@ -222,7 +307,7 @@ impl<DB: Database> Deref for Lane<'_, DB> {
 
     fn deref(&self) -> &DB::Connection {
         match self.held.as_ref() {
-            Some(Held::Own(connection)) => connection,
+            Some(Held::Own(kept)) => &kept.connection,
             Some(Held::Pooled(connection)) => connection,
             // `held` is only emptied by `discard` and `drop`, which consume the lane.
             None => unreachable!("a lane is used after it was given up"),
@@ -232,8 +317,10 @@ impl<DB: Database> Deref for Lane<'_, DB> {
 
 impl<DB: Database> DerefMut for Lane<'_, DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
+        // A new exchange starts: the lane is unfinished until it is marked again.
+        self.finished = false;
         match self.held.as_mut() {
-            Some(Held::Own(connection)) => connection,
+            Some(Held::Own(kept)) => &mut kept.connection,
             Some(Held::Pooled(connection)) => connection,
             None => unreachable!("a lane is used after it was given up"),
         }
@@ -242,12 +329,14 @@ impl<DB: Database> DerefMut for Lane<'_, DB> {
 
 impl<DB: Database> Drop for Lane<'_, DB> {
     fn drop(&mut self) {
-        if let Some(Held::Own(connection)) = self.held.take() {
-            self.lanes
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(connection);
+        if let Some(Held::Own(kept)) = self.held.take() {
+            if self.finished && !self.lanes.pool.is_closed() {
+                self.lanes
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(kept);
+            }
         }
     }
 }
@@ -258,35 +347,53 @@ mod tests {
     use std::time::Duration;
 
     use sqlx::sqlite::SqlitePoolOptions;
-    use sqlx::{Sqlite, SqlitePool};
+    use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
     use super::*;
 
     async fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
+        pool_with(dir, SqlitePoolOptions::new().max_connections(max)).await
+    }
+
+    async fn pool_with(dir: &tempfile::TempDir, options: SqlitePoolOptions) -> SqlitePool {
         let url = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("lanes.db").display()
         );
-        SqlitePoolOptions::new()
-            .max_connections(max)
+        options
             .acquire_timeout(Duration::from_secs(5))
             .connect(&url)
             .await
             .unwrap()
     }
 
+    /// As the SQLite store settles its readers: ends any transaction left open.
+    fn settle(connection: &mut SqliteConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let _none_open = connection.execute("ROLLBACK").await;
+            Ok(())
+        })
+    }
+
+    fn lanes(pool: SqlitePool, lanes: usize) -> Lanes<Sqlite> {
+        Lanes::new(pool, lanes, settle, None)
+    }
+
+    /// Runs a statement on the lane and marks it finished, as `on_lane!` does.
     async fn answer(lane: &mut Lane<'_, Sqlite>) -> i64 {
-        sqlx::query_scalar("SELECT 41 + 1")
+        let answer = sqlx::query_scalar("SELECT 41 + 1")
             .fetch_one(&mut **lane)
             .await
-            .unwrap()
+            .unwrap();
+        lane.finish();
+        answer
     }
 
     #[tokio::test]
     async fn a_lane_keeps_its_connection_outside_the_pool_and_hands_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(&dir, 4).await;
-        let lanes = Lanes::new(pool.clone(), 2, None);
+        let lanes = lanes(pool.clone(), 2);
         let mut lane = lanes.lane().await.unwrap();
         assert_eq!(answer(&mut lane).await, 42);
         // Detached: the pool no longer counts it, and will not ping it when it comes back.
@@ -303,9 +410,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lane_left_mid_statement_closes_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let lanes = lanes(pool(&dir, 4).await, 2);
+        let mut lane = lanes.lane().await.unwrap();
+        assert_eq!(answer(&mut lane).await, 42);
+        // A statement started and never read to its end, as by a caller that gave up.
+        let rows = sqlx::query("SELECT 1 UNION ALL SELECT 2").fetch(&mut *lane);
+        drop(rows);
+        drop(lane);
+        assert_eq!(lanes.idle_count(), 0);
+        // The next lane opens a connection of its own, which works.
+        let mut lane = lanes.lane().await.unwrap();
+        assert_eq!(answer(&mut lane).await, 42);
+    }
+
+    #[tokio::test]
     async fn no_more_lanes_are_taken_than_there_are() {
         let dir = tempfile::tempdir().unwrap();
-        let lanes = Lanes::new(pool(&dir, 4).await, 2, None);
+        let lanes = lanes(pool(&dir, 4).await, 2);
         let first = lanes.lane().await.unwrap();
         let _second = lanes.lane().await.unwrap();
         let third = lanes.lane();
@@ -327,6 +450,7 @@ mod tests {
         let lanes = Lanes::new(
             pool(&dir, 4).await,
             2,
+            settle,
             Some("PRAGMA cache_size = 1234".into()),
         );
         let (mut a, mut b) = (lanes.lane().await.unwrap(), lanes.lane().await.unwrap());
@@ -340,16 +464,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_the_pool_left_in_a_transaction_is_settled_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1).await;
+        {
+            // A host's transaction the pool never heard of (sqlx counts only its own).
+            let mut conn = pool.acquire().await.unwrap();
+            conn.execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        let lanes = lanes(pool, 1);
+        let mut lane = lanes.lane().await.unwrap();
+        // Inside a transaction, SQLite refuses to begin another.
+        lane.execute("BEGIN").await.unwrap();
+        lane.execute("ROLLBACK").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_lives_no_longer_than_the_pools_max_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqlitePoolOptions::new()
+            .max_connections(2)
+            .max_lifetime(Duration::from_millis(50));
+        let lanes = lanes(pool_with(&dir, options).await, 1);
+        let mut lane = lanes.lane().await.unwrap();
+        lane.execute("PRAGMA cache_size = 777").await.unwrap();
+        lane.finish();
+        drop(lane);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut lane = lanes.lane().await.unwrap();
+        let size: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut *lane)
+            .await
+            .unwrap();
+        assert_ne!(size, 777, "the connection outlived its lifetime");
+    }
+
+    #[tokio::test]
     async fn closing_the_pool_closes_the_lanes() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(&dir, 4).await;
-        let lanes = Lanes::new(pool.clone(), 2, None);
-        drop(lanes.lane().await.unwrap());
+        let lanes = lanes(pool.clone(), 2);
+        let mut lane = lanes.lane().await.unwrap();
+        answer(&mut lane).await;
+        drop(lane);
+        assert_eq!(lanes.idle_count(), 1);
         pool.close().await;
         assert!(matches!(
             lanes.lane().await.map(|_| ()),
             Err(sqlx::Error::PoolClosed)
         ));
+        assert_eq!(lanes.idle_count(), 0, "kept connections outlived the pool");
     }
 
     #[tokio::test]

@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
+use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{Executor, PgPool, Postgres, Row};
 use tracing::{instrument, warn};
 use uuid::Uuid;
 
@@ -123,7 +124,7 @@ impl PostgresStore {
         postgres_migrator().run(&pool).await?;
         Ok(Self {
             appends: Arc::new(append_lanes(&pool)),
-            reads: Arc::new(Lanes::new(pool.clone(), READ_LANES, None)),
+            reads: Arc::new(Lanes::new(pool.clone(), READ_LANES, settle, None)),
             pool,
             group: Arc::default(),
         })
@@ -136,9 +137,10 @@ impl PostgresStore {
 }
 
 /// How many connections the store keeps for its reads (`lanes.rs` says why they are not the
-/// pool's). Loads run at most `RecoveryConfig::max_concurrent` at once, most of them one
-/// short statement each.
-pub const READ_LANES: usize = 4;
+/// pool's). The runtime loads at most `SupervisionConfig::max_concurrent_recoveries` (32)
+/// aggregates at once, most of them with one short statement; a replay holds its connection
+/// while it folds a page.
+pub const READ_LANES: usize = 8;
 
 /// How many events one query of a replay reads at most.
 const REPLAY_PAGE: usize = 10_000;
@@ -277,6 +279,8 @@ impl EventStore for PostgresStore {
                 visit(event)?;
                 read += 1;
             }
+            drop(rows);
+            lane.finish();
             pages.took(read, last);
         }
         Ok(pages.taken())
@@ -584,6 +588,7 @@ impl PostgresStore {
             .bind(&payloads)
             .fetch_one(&mut *connection)
             .await;
+        connection.finish();
         let head = match head {
             Ok(head) => to_u64(head, "last_position")?,
             // A stored event id, or a stream that moved past its expected version (a unique
@@ -691,7 +696,25 @@ pub const APPEND_SETTINGS: [(&str, &str); 3] = [
 /// grows, never a sequential scan (each of its lookups has an index). Only that statement runs
 /// on them, and since the group commit sends one round at a time, two connections are plenty.
 fn append_lanes(pool: &PgPool) -> Lanes<Postgres> {
-    Lanes::new(pool.clone(), 2, Some(append_setup()))
+    Lanes::new(pool.clone(), 2, settle, Some(append_setup()))
+}
+
+/// Ends the transaction block a connection taken from the pool may be in (see
+/// `lanes::Settle`). Outside a block, a statement is its own transaction, so `now()` (when the
+/// transaction began) is when the statement began; sent as a simple query, so the statement and
+/// its transaction start together.
+fn settle(connection: &mut sqlx::PgConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let outside = connection
+            .fetch_one("SELECT now() = statement_timestamp()")
+            .await
+            .and_then(|row| row.try_get::<bool, _>(0));
+        // An error too (a failed transaction refuses every statement until it ends).
+        if !matches!(outside, Ok(true)) {
+            connection.execute("ROLLBACK").await?;
+        }
+        Ok(())
+    })
 }
 
 /// What each append connection is sent once: [`APPEND_SETTINGS`] as `SET` statements.
@@ -723,5 +746,52 @@ mod tests {
             );
         }
         assert_eq!(setup.matches("SET ").count(), APPEND_SETTINGS.len());
+    }
+
+    fn server() -> String {
+        std::env::var("NURSERY_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    }
+
+    async fn pool(max: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .connect(&format!("{}/postgres", server()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_append_connections_run_with_their_settings() {
+        let lanes = append_lanes(&pool(2).await);
+        let mut lane = lanes.lane().await.unwrap();
+        for (name, value) in APPEND_SETTINGS {
+            let shown: String = sqlx::query_scalar(&format!("SHOW {name}"))
+                .fetch_one(&mut *lane)
+                .await
+                .unwrap();
+            assert_eq!(shown, value, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_left_in_a_transaction_block_is_rolled_back_before_a_lane_keeps_it() {
+        for left in ["BEGIN", "BEGIN; SELECT 1/0"] {
+            let pool = pool(1).await;
+            {
+                // A transaction the pool never heard of (sqlx counts only its own), open or
+                // failed.
+                let mut conn = pool.acquire().await.unwrap();
+                let _ = conn.execute(left).await;
+            }
+            let lanes = Lanes::new(pool, 1, settle, None);
+            let mut lane = lanes.lane().await.unwrap();
+            let outside: bool = lane
+                .fetch_one("SELECT now() = statement_timestamp()")
+                .await
+                .unwrap()
+                .get(0);
+            assert!(outside, "after {left:?} the lane is still in a transaction");
+        }
     }
 }

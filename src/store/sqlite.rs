@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::future::maybe_done;
 use futures_util::stream::BoxStream;
 use sqlx::pool::PoolConnection;
@@ -218,7 +219,7 @@ impl SqliteStore {
                 connection: Arc::new(tokio::sync::Mutex::new(conn)),
                 options: Arc::new(options),
             };
-            let reads = Lanes::new(reader.clone(), READ_LANES, None);
+            let reads = Lanes::new(reader.clone(), READ_LANES, settle_reader, None);
             (held, reader, reads)
         };
         Ok(Self {
@@ -390,6 +391,18 @@ async fn take_large(
     Err(StoreError::Internal(format!(
         "the large columns of the event at {key} were not read"
     )))
+}
+
+/// Ends the transaction a reader connection taken from the pool may be in (see
+/// `lanes::Settle`): a read-only connection left inside one would read its old snapshot for
+/// ever. SQLite refuses a `ROLLBACK` outside a transaction, which is then nothing to do.
+fn settle_reader(
+    connection: &mut sqlx::SqliteConnection,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let _none_open = connection.execute("ROLLBACK").await;
+        Ok(())
+    })
 }
 
 /// How many connections the store keeps for its reads (`lanes.rs` says why they are not the
