@@ -2,23 +2,29 @@
 //! same database as the events.
 //!
 //! SQLite commits go through the event store's single writer connection, so projections and
-//! appends never meet `SQLITE_BUSY`; PostgreSQL uses the pool.
+//! appends never meet `SQLITE_BUSY`; PostgreSQL uses the pool. Single reads (a document, a
+//! scan, a checkpoint) run on the event store's kept read connections (`store/lanes.rs`).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
-use sqlx::{Connection, PgPool, QueryBuilder, Row, SqlitePool};
+use std::sync::Arc;
+
+use sqlx::{Connection, PgPool, Postgres, QueryBuilder, Row, Sqlite};
 
 use super::read_store::{Commit, DeadLetter, ReadStore, StoredResponse, like_prefix};
+use crate::store::lanes::{Lanes, on_lane};
 use crate::store::{PostgresStore, SqliteStore, SqliteWriter, StoreError, StreamId, to_the_end};
 
 /// Projection state in the SQLite file of a [`SqliteStore`].
 #[derive(Clone)]
 pub struct SqliteReadStore {
     writer: SqliteWriter,
-    reader: SqlitePool,
+    /// The event store's kept read connections (`store/lanes.rs`): a pool pings each
+    /// connection handed back to it, a round trip after every read.
+    reads: Arc<Lanes<Sqlite>>,
 }
 
 impl SqliteReadStore {
@@ -26,7 +32,7 @@ impl SqliteReadStore {
     pub fn new(store: &SqliteStore) -> Self {
         Self {
             writer: store.writer().clone(),
-            reader: store.reader_pool().clone(),
+            reads: Arc::clone(store.read_lanes()),
         }
     }
 }
@@ -35,6 +41,8 @@ impl SqliteReadStore {
 #[derive(Clone)]
 pub struct PostgresReadStore {
     pool: PgPool,
+    /// The event store's kept read connections, for single reads (`store/lanes.rs`).
+    reads: Arc<Lanes<Postgres>>,
     /// When set, every commit checks that this process still leads (the leader row has the
     /// epoch it took): see [`crate::projections::Leadership`].
     fence: Option<(String, i64)>,
@@ -179,6 +187,7 @@ impl PostgresReadStore {
     pub fn new(store: &PostgresStore) -> Self {
         Self {
             pool: store.pool().clone(),
+            reads: Arc::clone(store.read_lanes()),
             fence: None,
         }
     }
@@ -187,6 +196,7 @@ impl PostgresReadStore {
     pub fn fenced(&self, leadership: &super::Leadership) -> Self {
         Self {
             pool: self.pool.clone(),
+            reads: Arc::clone(&self.reads),
             fence: Some((leadership.name().to_owned(), leadership.epoch())),
         }
     }
@@ -278,11 +288,11 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
-        let generation: Option<i64> =
+        let generation: Option<i64> = on_lane!(self.reads, |conn| {
             sqlx::query_scalar("SELECT active_generation FROM processors WHERE name = ?")
                 .bind(name)
-                .fetch_optional(&self.reader)
-                .await?;
+                .fetch_optional(conn)
+        })?;
         Ok(generation.map(|g| u32::try_from(g).unwrap_or(1)))
     }
 
@@ -413,14 +423,15 @@ impl ReadStore for SqliteReadStore {
     }
 
     async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError> {
-        let body: Option<String> = sqlx::query_scalar(
-            "SELECT d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
-             WHERE d.projection = ? AND d.key = ?",
-        )
-        .bind(name)
-        .bind(key)
-        .fetch_optional(&self.reader)
-        .await?;
+        let body: Option<String> = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar(
+                "SELECT d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+                 WHERE d.projection = ? AND d.key = ?",
+            )
+            .bind(name)
+            .bind(key)
+            .fetch_optional(conn)
+        })?;
         body.map(|b| json(&b)).transpose()
     }
 
@@ -430,17 +441,18 @@ impl ReadStore for SqliteReadStore {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Value)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.key, d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
-             WHERE d.projection = ? AND substr(d.key, 1, length(?)) = ? ORDER BY d.key LIMIT ?",
-        )
-        .bind(name)
-        // SQLite's LIKE ignores ASCII case; compare the prefix exactly instead.
-        .bind(prefix)
-        .bind(prefix)
-        .bind(pos(limit as u64))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = on_lane!(self.reads, |conn| {
+            sqlx::query(
+                "SELECT d.key, d.body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+                 WHERE d.projection = ? AND substr(d.key, 1, length(?)) = ? ORDER BY d.key LIMIT ?",
+            )
+            .bind(name)
+            // SQLite's LIKE ignores ASCII case; compare the prefix exactly instead.
+            .bind(prefix)
+            .bind(prefix)
+            .bind(pos(limit as u64))
+            .fetch_all(conn)
+        })?;
         rows.iter()
             .map(|row| {
                 let body: String = row.try_get("body")?;
@@ -504,13 +516,14 @@ impl ReadStore for SqliteReadStore {
         scope: &str,
         key: &str,
     ) -> Result<Option<StoredResponse>, StoreError> {
-        let row = sqlx::query(
-            "SELECT fingerprint, status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = on_lane!(self.reads, |conn| {
+            sqlx::query(
+                "SELECT fingerprint, status, body, created_at FROM idempotency_keys WHERE scope = ? AND key = ?",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(conn)
+        })?;
         row.map(|row| stored_response(&row)).transpose()
     }
 
@@ -579,22 +592,23 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn serving_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
-        let generation: Option<i32> =
+        let generation: Option<i32> = on_lane!(self.reads, |conn| {
             sqlx::query_scalar("SELECT active_generation FROM processors WHERE name = $1")
                 .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(conn)
+        })?;
         Ok(generation.map(|g| u32::try_from(g).unwrap_or(1)))
     }
 
     async fn checkpoint(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
-        let position: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM checkpoints WHERE name = $1 AND generation = $2",
-        )
-        .bind(name)
-        .bind(i32::try_from(generation).unwrap_or(i32::MAX))
-        .fetch_optional(&self.pool)
-        .await?;
+        let position: Option<i64> = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar(
+                "SELECT position FROM checkpoints WHERE name = $1 AND generation = $2",
+            )
+            .bind(name)
+            .bind(i32::try_from(generation).unwrap_or(i32::MAX))
+            .fetch_optional(conn)
+        })?;
         Ok(position.and_then(|p| u64::try_from(p).ok()).unwrap_or(0))
     }
 
@@ -604,12 +618,13 @@ impl ReadStore for PostgresReadStore {
         generation: u32,
         keys: &[String],
     ) -> Result<HashMap<String, Value>, StoreError> {
-        let rows = sqlx::query("SELECT key, body::text AS body FROM documents WHERE projection = $1 AND generation = $2 AND key = ANY($3)")
-            .bind(name)
-            .bind(i32::try_from(generation).unwrap_or(i32::MAX))
-            .bind(keys)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = on_lane!(self.reads, |conn| {
+            sqlx::query("SELECT key, body::text AS body FROM documents WHERE projection = $1 AND generation = $2 AND key = ANY($3)")
+                .bind(name)
+                .bind(i32::try_from(generation).unwrap_or(i32::MAX))
+                .bind(keys)
+                .fetch_all(conn)
+        })?;
         rows.iter()
             .map(|row| {
                 let body: String = row.try_get("body")?;
@@ -650,14 +665,15 @@ impl ReadStore for PostgresReadStore {
     }
 
     async fn get(&self, name: &str, key: &str) -> Result<Option<Value>, StoreError> {
-        let body: Option<String> = sqlx::query_scalar(
-            "SELECT d.body::text FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
-             WHERE d.projection = $1 AND d.key = $2",
-        )
-        .bind(name)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let body: Option<String> = on_lane!(self.reads, |conn| {
+            sqlx::query_scalar(
+                "SELECT d.body::text FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+                 WHERE d.projection = $1 AND d.key = $2",
+            )
+            .bind(name)
+            .bind(key)
+            .fetch_optional(conn)
+        })?;
         body.map(|b| json(&b)).transpose()
     }
 
@@ -667,15 +683,16 @@ impl ReadStore for PostgresReadStore {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Value)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT d.key, d.body::text AS body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
-             WHERE d.projection = $1 AND d.key LIKE $2 ESCAPE '\\' ORDER BY d.key LIMIT $3",
-        )
-        .bind(name)
-        .bind(like_prefix(prefix))
-        .bind(pos(limit as u64))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = on_lane!(self.reads, |conn| {
+            sqlx::query(
+                "SELECT d.key, d.body::text AS body FROM documents d JOIN processors p ON p.name = d.projection AND p.active_generation = d.generation \
+                 WHERE d.projection = $1 AND d.key LIKE $2 ESCAPE '\\' ORDER BY d.key LIMIT $3",
+            )
+            .bind(name)
+            .bind(like_prefix(prefix))
+            .bind(pos(limit as u64))
+            .fetch_all(conn)
+        })?;
         rows.iter()
             .map(|row| {
                 let body: String = row.try_get("body")?;
@@ -709,13 +726,14 @@ impl ReadStore for PostgresReadStore {
         scope: &str,
         key: &str,
     ) -> Result<Option<StoredResponse>, StoreError> {
-        let row = sqlx::query(
-            "SELECT fingerprint, status::INT8 AS status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = on_lane!(self.reads, |conn| {
+            sqlx::query(
+                "SELECT fingerprint, status::INT8 AS status, body, created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(conn)
+        })?;
         row.map(|row| stored_response(&row)).transpose()
     }
 

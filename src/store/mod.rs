@@ -40,7 +40,7 @@ macro_rules! stream_version_of {
 pub mod codec;
 mod group_commit;
 pub mod ids;
-mod lanes;
+pub(crate) mod lanes;
 mod memory;
 mod migrate;
 mod plan;

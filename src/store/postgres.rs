@@ -134,6 +134,11 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// The connections the store keeps for reads, for the read store beside it.
+    pub(crate) fn read_lanes(&self) -> &Arc<Lanes<Postgres>> {
+        &self.reads
+    }
 }
 
 /// How many connections the store keeps for its reads (`lanes.rs` says why they are not the

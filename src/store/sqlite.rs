@@ -244,6 +244,11 @@ impl SqliteStore {
         &self.reader
     }
 
+    /// The connections the store keeps for reads, for the read store beside it.
+    pub(crate) fn read_lanes(&self) -> &Arc<Lanes<Sqlite>> {
+        &self.reads
+    }
+
     /// Reads up to `max` full events of `reading` from `from` on (a sequence or a position), a
     /// page of up to 1,000 as one JSON row at a time (see `FULL_PAGE`): sqlx's SQLite driver
     /// costs more per row than SQLite takes to write the page. Each page is read in its own
