@@ -1,5 +1,6 @@
-//! The projection benchmark: catch-up rate from position 0 over a large store, and live lag
-//! (commit to visible in the read model) under the runtime benchmark's load.
+//! The projection benchmark: catch-up rate from position 0 over a large store, live lag
+//! (commit to visible in the read model) under the runtime benchmark's load, and document
+//! reads from the read model (as `GET /api/carts/{id}` makes them).
 //!
 //! Run: `cargo bench --bench projections` (PostgreSQL on 127.0.0.1:5432 for its rows).
 //! `NURSERY_BENCH_SCALE` scales the event count (default 1.0 = 1,000,000 events);
@@ -226,6 +227,31 @@ async fn catch_up(backend: &str, store: Arc<dyn EventStore>, read: Arc<dyn ReadS
         at(0.5),
         at(0.99)
     );
+
+    document_reads(backend, &read).await;
+}
+
+/// Reads from the read model, as the HTTP facade's `GET /api/carts/{id}` does: 64 clients, each
+/// getting 500 of the 1,000 carts' documents one after the other.
+async fn document_reads(backend: &str, read: &Arc<dyn ReadStore>) {
+    let started = Instant::now();
+    let clients: Vec<_> = (0..64)
+        .map(|client| {
+            let read = Arc::clone(read);
+            actix_rt::spawn(async move {
+                for i in 0..500 {
+                    let key = format!("cart-{:04}", (client * 500 + i) % 1000);
+                    let document = read.get("items_per_cart", &key).await.unwrap();
+                    assert!(document.is_some(), "{key} has no document");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let rate = 64.0 * 500.0 / started.elapsed().as_secs_f64();
+    println!("| {backend:<8} | document reads, 64 clients | {rate:>10.0} gets/s | |");
 }
 
 fn main() {
