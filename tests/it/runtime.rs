@@ -1030,7 +1030,6 @@ async fn actors_used_in_the_first_moment_are_not_passivated_before_their_time() 
 #[actix_rt::test]
 async fn cut_database_connections_lose_no_acknowledged_command() {
     use futures_util::TryStreamExt;
-    use sqlx::Connection;
     let backend = crate::support::postgres().await;
     let test = TestRuntime::start_on(Arc::clone(&backend.store), |b| {
         b.config(quick()).aggregate::<Pot>()
@@ -1074,15 +1073,7 @@ async fn cut_database_connections_lose_no_acknowledged_command() {
         let mut cut = 0;
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-            let ended: Vec<bool> = sqlx::query_scalar(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .fetch_all(&mut admin)
-            .await
-            .unwrap();
-            cut += ended.iter().filter(|e| **e).count();
+            cut += crate::support::end_sessions(&url).await;
         }
         cut
     });

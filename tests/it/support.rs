@@ -65,6 +65,20 @@ impl Drop for FreshPg {
     }
 }
 
+/// Ends every session of the database at `url` but the caller's (as a restart of the server
+/// would); answers how many it ended.
+pub async fn end_sessions(url: &str) -> usize {
+    let mut admin = PgConnection::connect(url).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    ended.into_iter().filter(|e| *e).count()
+}
+
 pub async fn memory() -> Backend {
     Backend {
         store: Arc::new(MemoryStore::new()),

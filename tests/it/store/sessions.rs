@@ -27,16 +27,11 @@ async fn append(store: &Arc<dyn EventStore>, stream: &StreamId, expected: u64) {
         .unwrap();
 }
 
-/// Ends every session of the database but the caller's; answers how many it ended.
+/// Ends every session of the database but the caller's, and waits until they are gone;
+/// answers how many it ended.
 async fn end_sessions(url: &str) -> usize {
+    let ended = crate::support::end_sessions(url).await;
     let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
-    let ended: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
     // A backend told to end is gone once pg_stat_activity no longer lists it.
     for _ in 0..200 {
         let left: i64 = sqlx::query_scalar(
@@ -51,7 +46,7 @@ async fn end_sessions(url: &str) -> usize {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    ended.into_iter().filter(|e| *e).count()
+    ended
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
