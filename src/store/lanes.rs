@@ -32,7 +32,7 @@ use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgDatabaseError, PgSeverity};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Database, Executor, Pool};
+use sqlx::{Connection, Database, Executor, Pool, Row};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Runs one read statement on a lane of `$lanes`, binding the lane's connection to `$conn`
@@ -48,19 +48,17 @@ macro_rules! on_lane {
             let $conn = &mut *lane;
             $statement.await
         };
-        lane.finish();
+        lane.finished_with(&first);
         match first {
             Err(error) if $crate::store::lanes::broke(&error) => {
-                lane.discard();
+                // Unfinished, the broken connection is closed, not handed back.
+                drop(lane);
                 let mut lane = lanes.tested_lane().await?;
                 let again = {
                     let $conn = &mut *lane;
                     $statement.await
                 };
-                lane.finish();
-                if again.as_ref().is_err_and($crate::store::lanes::broke) {
-                    lane.discard();
-                }
+                lane.finished_with(&again);
                 again
             }
             outcome => outcome,
@@ -75,6 +73,37 @@ pub(crate) use on_lane;
 /// snapshot for ever.
 pub(crate) type Settle<DB> =
     for<'c> fn(&'c mut <DB as Database>::Connection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+
+/// PostgreSQL's [`Settle`]. Outside a transaction block, a statement is its own transaction,
+/// so `now()` (when the transaction began) is when the statement began; sent as a simple query,
+/// so the statement and its transaction start together. Anything else, an error too (a failed
+/// transaction refuses every statement until it ends), is rolled back.
+pub(crate) fn settle_postgres(
+    connection: &mut sqlx::PgConnection,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let outside = connection
+            .fetch_one("SELECT now() = statement_timestamp()")
+            .await
+            .and_then(|row| row.try_get::<bool, _>(0));
+        if !matches!(outside, Ok(true)) {
+            connection.execute("ROLLBACK").await?;
+        }
+        Ok(())
+    })
+}
+
+/// SQLite's [`Settle`]: a read-only connection left inside a transaction would read its old
+/// snapshot for ever. SQLite refuses a `ROLLBACK` outside a transaction, which is then nothing
+/// to do.
+pub(crate) fn settle_sqlite(
+    connection: &mut sqlx::SqliteConnection,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let _none_open = connection.execute("ROLLBACK").await;
+        Ok(())
+    })
+}
 
 /// A fixed number of connections, taken from a pool when first needed and then kept.
 pub(crate) struct Lanes<DB: Database> {
@@ -158,11 +187,17 @@ where
     /// one.
     async fn take(&self, fresh: bool) -> Result<Lane<'_, DB>, sqlx::Error> {
         self.refuse_if_closed()?;
-        let wait = self.pool.options().get_acquire_timeout();
-        let permit = tokio::time::timeout(wait, self.permits.acquire())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+        // A free lane is taken at once; only a wait needs its deadline (and a timer).
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = self.pool.options().get_acquire_timeout();
+                tokio::time::timeout(wait, self.permits.acquire())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?
+                    .map_err(|_| sqlx::Error::PoolClosed)?
+            }
+        };
         // The pool may have closed while this caller waited for a lane.
         self.refuse_if_closed()?;
         let held = if self.keep {
@@ -296,9 +331,12 @@ impl<DB: Database> Lane<'_, DB> {
         self.finished = true;
     }
 
-    /// Drops the connection instead of handing it back: it broke (see [`broke`]).
-    pub(crate) fn discard(mut self) {
-        self.held = None;
+    /// Marks the statement answered in full unless its connection broke (see [`broke`]): a
+    /// broken connection is closed when the lane is dropped, not handed back.
+    pub(crate) fn finished_with<T>(&mut self, outcome: &Result<T, sqlx::Error>) {
+        if !outcome.as_ref().is_err_and(broke) {
+            self.finish();
+        }
     }
 }
 
@@ -309,7 +347,7 @@ impl<DB: Database> Deref for Lane<'_, DB> {
         match self.held.as_ref() {
             Some(Held::Own(kept)) => &kept.connection,
             Some(Held::Pooled(connection)) => connection,
-            // `held` is only emptied by `discard` and `drop`, which consume the lane.
+            // `held` is only emptied by `drop`.
             None => unreachable!("a lane is used after it was given up"),
         }
     }
@@ -347,7 +385,7 @@ mod tests {
     use std::time::Duration;
 
     use sqlx::sqlite::SqlitePoolOptions;
-    use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+    use sqlx::{Sqlite, SqlitePool};
 
     use super::*;
 
@@ -367,16 +405,8 @@ mod tests {
             .unwrap()
     }
 
-    /// As the SQLite store settles its readers: ends any transaction left open.
-    fn settle(connection: &mut SqliteConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            let _none_open = connection.execute("ROLLBACK").await;
-            Ok(())
-        })
-    }
-
     fn lanes(pool: SqlitePool, lanes: usize) -> Lanes<Sqlite> {
-        Lanes::new(pool, lanes, settle, None)
+        Lanes::new(pool, lanes, settle_sqlite, None)
     }
 
     /// Runs a statement on the lane and marks it finished, as `on_lane!` does.
@@ -450,7 +480,7 @@ mod tests {
         let lanes = Lanes::new(
             pool(&dir, 4).await,
             2,
-            settle,
+            settle_sqlite,
             Some("PRAGMA cache_size = 1234".into()),
         );
         let (mut a, mut b) = (lanes.lane().await.unwrap(), lanes.lane().await.unwrap());

@@ -34,14 +34,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
-use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{Executor, PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres, Row};
 use tracing::{instrument, warn};
 use uuid::Uuid;
 
 use super::group_commit::{AppendNow, GroupCommit};
-use super::lanes::{Lanes, broke, on_lane};
+use super::lanes::{Lanes, broke, on_lane, settle_postgres as settle};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, to_i64, to_u64};
 use super::{
@@ -245,8 +244,9 @@ impl EventStore for PostgresStore {
         // of one page for the connection to drain.
         let mut pages = Pages::new(from, to, max, REPLAY_PAGE);
         while let Some((next, limit)) = pages.next_page() {
-            // Not `run`: a page folded in part must not be folded again. A broken connection
-            // fails the load (the actor's supervisor loads again) and is dropped.
+            // Not `on_lane!`: a page folded in part must not be folded again. A failure fails
+            // the load (the actor's supervisor loads again); the lane, unfinished, closes its
+            // connection.
             let mut lane = self.reads.lane().await?;
             let mut rows = sqlx::query(
                 "SELECT sequence, event_type, payload_revision, payload_format, payload \
@@ -260,18 +260,7 @@ impl EventStore for PostgresStore {
             .bind(clamp(limit as u64))
             .fetch(&mut *lane);
             let (mut read, mut last) = (0, None);
-            loop {
-                let row = match rows.try_next().await {
-                    Ok(Some(row)) => row,
-                    Ok(None) => break,
-                    Err(error) => {
-                        drop(rows);
-                        if broke(&error) {
-                            lane.discard();
-                        }
-                        return Err(error.into());
-                    }
-                };
+            while let Some(row) = rows.try_next().await? {
                 let event = EncodedEvent::from_columns(
                     stream,
                     row.try_get(0)?,
@@ -566,12 +555,10 @@ impl PostgresStore {
             .iter()
             .map(|s| s.aggregate_id.as_str())
             .collect();
-        // A host that closed the store's pool has stopped it: appends stop too.
-        if self.pool.is_closed() {
-            return Err(sqlx::Error::PoolClosed.into());
-        }
         let mut connection = match self.appends.lane().await {
             Ok(connection) => connection,
+            // A host that closed the store's pool has stopped it: appends stop too.
+            Err(sqlx::Error::PoolClosed) => return Err(sqlx::Error::PoolClosed.into()),
             Err(error) => {
                 warn!(%error, "no append connection: the batch is planned in full on the pool");
                 return Ok(None);
@@ -593,7 +580,7 @@ impl PostgresStore {
             .bind(&payloads)
             .fetch_one(&mut *connection)
             .await;
-        connection.finish();
+        connection.finished_with(&head);
         let head = match head {
             Ok(head) => to_u64(head, "last_position")?,
             // A stored event id, or a stream that moved past its expected version (a unique
@@ -606,11 +593,11 @@ impl PostgresStore {
             {
                 return Ok(None);
             }
-            // The connection broke (the server restarted, say): it goes, and the planned path
-            // takes the batch. Should the statement have committed before the break, the
-            // planned path finds its event ids stored and answers the batch as the retry it is.
+            // The connection broke (the server restarted, say): it goes (the lane is unfinished),
+            // and the planned path takes the batch. Should the statement have committed before
+            // the break, the planned path finds its event ids stored and answers the batch as
+            // the retry it is.
             Err(error) if broke(&error) => {
-                connection.discard();
                 warn!(%error, "an append connection broke: the batch is planned in full");
                 return Ok(None);
             }
@@ -704,24 +691,6 @@ fn append_lanes(pool: &PgPool) -> Lanes<Postgres> {
     Lanes::new(pool.clone(), 2, settle, Some(append_setup()))
 }
 
-/// Ends the transaction block a connection taken from the pool may be in (see
-/// `lanes::Settle`). Outside a block, a statement is its own transaction, so `now()` (when the
-/// transaction began) is when the statement began; sent as a simple query, so the statement and
-/// its transaction start together.
-fn settle(connection: &mut sqlx::PgConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-    Box::pin(async move {
-        let outside = connection
-            .fetch_one("SELECT now() = statement_timestamp()")
-            .await
-            .and_then(|row| row.try_get::<bool, _>(0));
-        // An error too (a failed transaction refuses every statement until it ends).
-        if !matches!(outside, Ok(true)) {
-            connection.execute("ROLLBACK").await?;
-        }
-        Ok(())
-    })
-}
-
 /// What each append connection is sent once: [`APPEND_SETTINGS`] as `SET` statements.
 fn append_setup() -> String {
     APPEND_SETTINGS
@@ -739,6 +708,8 @@ fn clamp(value: u64) -> i64 {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "a failed step fails the test")]
 mod tests {
+    use sqlx::Executor;
+
     use super::*;
 
     #[test]

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
-use futures_util::future::BoxFuture;
 use futures_util::future::maybe_done;
 use futures_util::stream::BoxStream;
 use sqlx::pool::PoolConnection;
@@ -28,7 +27,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::group_commit::{AppendNow, GroupCommit};
-use super::lanes::{Lanes, on_lane};
+use super::lanes::{Lanes, on_lane, settle_sqlite};
 use super::plan::{FastBatch, StoredId, batch_event_ids, batch_streams, plan, stored_now};
 use super::types::{from_micros, is_outage, to_i64, to_u64};
 use super::{
@@ -219,7 +218,7 @@ impl SqliteStore {
                 connection: Arc::new(tokio::sync::Mutex::new(conn)),
                 options: Arc::new(options),
             };
-            let reads = Lanes::new(reader.clone(), READ_LANES, settle_reader, None);
+            let reads = Lanes::new(reader.clone(), READ_LANES, settle_sqlite, None);
             (held, reader, reads)
         };
         Ok(Self {
@@ -396,18 +395,6 @@ async fn take_large(
     Err(StoreError::Internal(format!(
         "the large columns of the event at {key} were not read"
     )))
-}
-
-/// Ends the transaction a reader connection taken from the pool may be in (see
-/// `lanes::Settle`): a read-only connection left inside one would read its old snapshot for
-/// ever. SQLite refuses a `ROLLBACK` outside a transaction, which is then nothing to do.
-fn settle_reader(
-    connection: &mut sqlx::SqliteConnection,
-) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-    Box::pin(async move {
-        let _none_open = connection.execute("ROLLBACK").await;
-        Ok(())
-    })
 }
 
 /// How many connections the store keeps for its reads (`lanes.rs` says why they are not the

@@ -129,3 +129,43 @@ async fn a_load_whose_connection_was_ended_fails_once_and_then_loads() {
     }
     assert_eq!(folded, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_repeated_after_its_connection_broke_is_answered_as_the_first() {
+    // The append connection breaks; the batch goes down the planned path, which finds its
+    // event ids stored and answers the retry as the first append, as it must when a statement
+    // committed just before its connection broke. The pool tests its connections here, so the
+    // planned path does not meet a stale one of its own.
+    let db = crate::support::FreshPg::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .test_before_acquire(true)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(
+        nursery::store::PostgresStore::with_pool(pool)
+            .await
+            .unwrap(),
+    );
+    let stream = StreamId::new("Pot", "retried-through-a-restart");
+    let request = AppendRequest {
+        stream: stream.clone(),
+        expected: ExpectedVersion::Exact(0),
+        events: vec![pruned(1), pruned(2)],
+    };
+    let first = store.append(request.clone()).await.unwrap();
+    assert!(end_sessions(&db.url).await > 0, "no session was ended");
+    let again = store.append(request).await.unwrap();
+    assert_eq!(
+        (again.version, again.first_position, again.last_position),
+        (first.version, first.first_position, first.last_position)
+    );
+    assert_eq!(
+        store
+            .read_stream(&stream, 1, u64::MAX, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
